@@ -196,7 +196,10 @@ impl Envelope {
                 Value::String(s) => s.len() + 2,
                 Value::Array(items) => 2 + items.iter().map(|i| value_size(i) + 1).sum::<usize>(),
                 Value::Object(map) => {
-                    2 + map.iter().map(|(k, v)| k.len() + 4 + value_size(v)).sum::<usize>()
+                    2 + map
+                        .iter()
+                        .map(|(k, v)| k.len() + 4 + value_size(v))
+                        .sum::<usize>()
                 }
             }
         }
@@ -209,7 +212,11 @@ impl Envelope {
             + opt(&self.key)
             + opt(&self.before)
             + opt(&self.after)
-            + self.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 6)
+                .sum::<usize>()
             + self.source.collection.len()
             + self.source.position.len()
             + self.source.database.len()
@@ -306,8 +313,14 @@ mod tests {
     fn timestamps_format_with_microseconds_in_utc() {
         let ts = Timestamp::parse_rfc3339("2026-12-03T13:00:00.5+01:00").unwrap();
         assert_eq!(ts.to_string(), "2026-12-03T12:00:00.500000Z");
-        assert_eq!(Timestamp::from_unix_micros(0).to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(Timestamp::from_unix_micros(-1).to_string(), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp::from_unix_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            Timestamp::from_unix_micros(-1).to_string(),
+            "1969-12-31T23:59:59.999999Z"
+        );
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
     }
 
@@ -317,7 +330,10 @@ mod tests {
         assert_eq!(a, event_id_from_position("orders", None, "0/16B3748/2"));
         assert_ne!(a, event_id_from_position("orders", None, "0/16B3748/3"));
         assert_ne!(a, event_id_from_position("billing", None, "0/16B3748/2"));
-        assert_ne!(a, event_id_from_position("orders", Some("shard-1"), "0/16B3748/2"));
+        assert_ne!(
+            a,
+            event_id_from_position("orders", Some("shard-1"), "0/16B3748/2")
+        );
         let parsed = Uuid::parse_str(&a).unwrap();
         assert_eq!(parsed.get_version_num(), 5);
     }

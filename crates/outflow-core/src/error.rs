@@ -51,7 +51,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of the given kind.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// A transient error: the operation is retried.
@@ -111,7 +115,10 @@ mod tests {
         let err = Error::transient("cannot reach nats://127.0.0.1:4222").with_source(io);
         assert_eq!(err.kind(), ErrorKind::Transient);
         assert_eq!(err.to_string(), "cannot reach nats://127.0.0.1:4222");
-        assert_eq!(err.chain(), "cannot reach nats://127.0.0.1:4222: connection refused");
+        assert_eq!(
+            err.chain(),
+            "cannot reach nats://127.0.0.1:4222: connection refused"
+        );
         assert_eq!(ErrorKind::PerEvent.as_str(), "per_event");
     }
 }

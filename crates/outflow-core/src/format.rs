@@ -64,8 +64,11 @@ impl Format {
 
     /// Encodes an event. The event's own `headers` are always passed on as headers.
     pub fn encode(self, event: &Envelope, style: HeaderStyle) -> Encoded {
-        let mut headers: Vec<(String, String)> =
-            event.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut headers: Vec<(String, String)> = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         match self {
             Format::Envelope => Encoded {
                 body: serde_json::to_vec(event).expect("an envelope always serializes"),
@@ -78,7 +81,11 @@ impl Format {
                 headers.push(("aggregate_id".into(), event.aggregate_id.clone()));
                 headers.push(("event_type".into(), event.event_type.clone()));
                 let (body, content_type) = payload_body(&event.payload);
-                Encoded { body, headers, content_type }
+                Encoded {
+                    body,
+                    headers,
+                    content_type,
+                }
             }
             Format::CloudEvents { binary: false } => Encoded {
                 body: serde_json::to_vec(&CloudEvent::of(event))
@@ -105,7 +112,11 @@ impl Format {
                 }
                 put("aggregatetype", ce.aggregatetype.to_string());
                 let (body, content_type) = payload_body(&event.payload);
-                Encoded { body, headers, content_type }
+                Encoded {
+                    body,
+                    headers,
+                    content_type,
+                }
             }
         }
     }
@@ -142,7 +153,10 @@ impl<'a> CloudEvent<'a> {
         CloudEvent {
             specversion: "1.0",
             id: &event.id,
-            source: format!("outflow/{}/{}", event.source.pipeline, event.source.collection),
+            source: format!(
+                "outflow/{}/{}",
+                event.source.pipeline, event.source.collection
+            ),
             kind: &event.event_type,
             subject: &event.aggregate_id,
             time: event.source.commit_time,
@@ -217,7 +231,10 @@ mod tests {
     }
 
     fn header<'a>(enc: &'a Encoded, name: &str) -> Option<&'a str> {
-        enc.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        enc.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -227,7 +244,10 @@ mod tests {
         let back: Envelope = serde_json::from_slice(&enc.body).unwrap();
         assert_eq!(back, ev);
         assert_eq!(enc.content_type, "application/json");
-        assert_eq!(enc.headers, vec![("traceparent".to_string(), "00-t-s-01".to_string())]);
+        assert_eq!(
+            enc.headers,
+            vec![("traceparent".to_string(), "00-t-s-01".to_string())]
+        );
     }
 
     #[test]
@@ -276,7 +296,10 @@ mod tests {
             let get = |n: &str| header(&enc, &format!("{prefix}{n}")).map(str::to_string);
             assert_eq!(get("specversion").as_deref(), Some("1.0"));
             assert_eq!(get("id").as_deref(), Some("e-1"));
-            assert_eq!(get("source").as_deref(), Some("outflow/orders/public.outbox"));
+            assert_eq!(
+                get("source").as_deref(),
+                Some("outflow/orders/public.outbox")
+            );
             assert_eq!(get("type").as_deref(), Some("OrderCreated"));
             assert_eq!(get("subject").as_deref(), Some("123"));
             assert_eq!(get("time").as_deref(), Some("2026-12-03T12:00:00.123456Z"));

@@ -21,12 +21,18 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// A checkpoint of a single-partition source.
     pub fn new(position: impl Into<String>) -> Self {
-        Checkpoint { partition: String::new(), position: position.into() }
+        Checkpoint {
+            partition: String::new(),
+            position: position.into(),
+        }
     }
 
     /// A checkpoint of one partition.
     pub fn in_partition(partition: impl Into<String>, position: impl Into<String>) -> Self {
-        Checkpoint { partition: partition.into(), position: position.into() }
+        Checkpoint {
+            partition: partition.into(),
+            position: position.into(),
+        }
     }
 }
 

@@ -82,8 +82,11 @@ impl SourceContext {
             shutdown: shutdown_rx,
             start,
         };
-        let handle =
-            SourceHandle { items: items_rx, committed: committed_tx, shutdown: shutdown_tx };
+        let handle = SourceHandle {
+            items: items_rx,
+            committed: committed_tx,
+            shutdown: shutdown_tx,
+        };
         (ctx, handle)
     }
 

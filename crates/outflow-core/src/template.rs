@@ -119,7 +119,10 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Text(literal));
         }
-        Ok(Template { source: text.to_string(), parts })
+        Ok(Template {
+            source: text.to_string(),
+            parts,
+        })
     }
 
     /// The template as written.
@@ -230,7 +233,10 @@ mod tests {
             "{pipeline}.{collection}.{aggregate_type}.{aggregate_id}.{event_type}.{op}",
         )
         .unwrap();
-        assert_eq!(t.render(&event()), "shop.public.outbox.order.42.OrderPaid.update");
+        assert_eq!(
+            t.render(&event()),
+            "shop.public.outbox.order.42.OrderPaid.update"
+        );
         assert!(!t.is_constant());
         assert_eq!(t.fields().count(), 6);
     }
@@ -249,9 +255,17 @@ mod tests {
     fn errors_name_the_problem() {
         let err = Template::parse("outbox.{aggregate}").unwrap_err();
         assert_eq!(err, TemplateError::UnknownField("aggregate".into()));
-        assert!(err.to_string().starts_with("unknown placeholder {aggregate}; use one of"));
-        assert_eq!(Template::parse("a.{op").unwrap_err(), TemplateError::Unclosed(2));
-        assert_eq!(Template::parse("a}").unwrap_err(), TemplateError::Unmatched(1));
+        assert!(err
+            .to_string()
+            .starts_with("unknown placeholder {aggregate}; use one of"));
+        assert_eq!(
+            Template::parse("a.{op").unwrap_err(),
+            TemplateError::Unclosed(2)
+        );
+        assert_eq!(
+            Template::parse("a}").unwrap_err(),
+            TemplateError::Unmatched(1)
+        );
     }
 
     #[test]
