@@ -14,6 +14,7 @@
 //! The crate depends on no client SDK and starts no runtime: it uses only tokio's
 //! synchronisation primitives, which run on any executor.
 
+pub mod duration;
 mod envelope;
 mod error;
 mod format;
