@@ -1,0 +1,284 @@
+//! How an envelope becomes a NATS message: subject, headers, body, and the size check
+//! against the server's `max_payload`.
+//!
+//! The server refuses (and closes the connection on) a message whose headers plus body
+//! exceed the `max_payload` it announced in its `INFO`. Such an event can never be
+//! delivered, so it is reported as a per-event error before anything is published.
+
+use std::str::FromStr;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
+use bytes::Bytes;
+use outflow_core::{Envelope, Error, Format, HeaderStyle, Template};
+
+/// The header carrying the body's media type.
+pub(crate) const CONTENT_TYPE: &str = "Content-Type";
+/// The header carrying the reason on a dead-lettered message.
+pub(crate) const ERROR_HEADER: &str = "outflow-error";
+
+/// A message ready to publish.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) subject: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// Why a subject is not a valid publish subject, if it is not.
+pub(crate) fn invalid_subject(subject: &str) -> Option<&'static str> {
+    if subject.is_empty() {
+        Some("is empty")
+    } else if subject.contains(char::is_whitespace) {
+        Some("contains whitespace, which NATS subjects cannot")
+    } else if subject.starts_with('.') || subject.ends_with('.') || subject.contains("..") {
+        Some("has an empty token (a leading, trailing or double '.')")
+    } else if subject.split('.').any(|t| t == "*" || t == ">") {
+        Some("contains a wildcard token; publish subjects must be literal")
+    } else {
+        None
+    }
+}
+
+/// Renders the subject of an event and checks it; a bad subject is per-event (it comes
+/// from the event's data, e.g. an empty aggregate type).
+pub(crate) fn subject_for(template: &Template, event: &Envelope) -> Result<String, Error> {
+    let subject = template.render(event);
+    match invalid_subject(&subject) {
+        None => Ok(subject),
+        Some(why) => Err(Error::per_event(format!(
+            "subject {subject:?} rendered from {:?} for event {} {why}",
+            template.as_str(),
+            event.id
+        ))),
+    }
+}
+
+/// Appends a header, refusing names and values NATS cannot carry.
+pub(crate) fn put_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    event_id: &str,
+) -> Result<(), Error> {
+    let header = HeaderName::from_str(name).map_err(|e| {
+        Error::per_event(format!(
+            "event {event_id}: header name {name:?} cannot be sent over NATS"
+        ))
+        .with_source(e)
+    })?;
+    let value = HeaderValue::from_str(value).map_err(|e| {
+        Error::per_event(format!(
+            "event {event_id}: the value of header {name:?} cannot be sent over NATS"
+        ))
+        .with_source(e)
+    })?;
+    headers.insert(header, value);
+    Ok(())
+}
+
+/// The bytes a header block takes on the wire (`NATS/1.0\r\n`, one `name: value\r\n`
+/// per value, a closing `\r\n`), which the server counts against `max_payload`.
+pub(crate) fn headers_wire_len(headers: &HeaderMap) -> usize {
+    if headers.is_empty() {
+        return 0;
+    }
+    let mut len = "NATS/1.0\r\n".len() + "\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for value in values {
+            len += name.len() + ": ".len() + value.as_str().len() + "\r\n".len();
+        }
+    }
+    len
+}
+
+/// Fails with a per-event error when a message cannot fit the server's `max_payload`.
+pub(crate) fn check_size(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_payload: usize,
+    event_id: &str,
+) -> Result<(), Error> {
+    let size = headers_wire_len(headers) + body.len();
+    if max_payload > 0 && size > max_payload {
+        return Err(Error::per_event(format!(
+            "event {event_id} is {size} bytes as a NATS message (headers and body), over the \
+             server's max_payload of {max_payload} bytes; raise max_payload on the server or \
+             make the event smaller"
+        )));
+    }
+    Ok(())
+}
+
+/// Encodes an event in the configured format with `Nats-Msg-Id` = the event id and
+/// `Content-Type`, and checks it against `max_payload`.
+pub(crate) fn encode(
+    event: &Envelope,
+    subject: &Template,
+    format: Format,
+    max_payload: usize,
+) -> Result<Message, Error> {
+    let subject = subject_for(subject, event)?;
+    let encoded = format.encode(event, HeaderStyle::Dash);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &encoded.headers {
+        put_header(&mut headers, name, value, &event.id)?;
+    }
+    put_header(&mut headers, CONTENT_TYPE, encoded.content_type, &event.id)?;
+    let id = HeaderValue::from_str(&event.id).map_err(|e| {
+        Error::per_event(format!(
+            "event id {:?} cannot be sent as Nats-Msg-Id",
+            event.id
+        ))
+        .with_source(e)
+    })?;
+    headers.insert(NATS_MESSAGE_ID, id);
+    check_size(&headers, &encoded.body, max_payload, &event.id)?;
+    Ok(Message {
+        subject,
+        headers,
+        body: Bytes::from(encoded.body),
+    })
+}
+
+/// The dead-letter message of an event: the envelope as JSON, `Nats-Msg-Id` =
+/// `<id>:dlq`, and the reason in `outflow-error` (line breaks turned into spaces, as
+/// header values cannot hold them).
+pub(crate) fn dead_letter_message(
+    subject: String,
+    event: &Envelope,
+    reason: &str,
+    max_payload: usize,
+) -> Result<Message, Error> {
+    let body = serde_json::to_vec(event).map_err(|e| {
+        Error::per_event(format!("event {} cannot be serialized", event.id)).with_source(e)
+    })?;
+    let mut headers = HeaderMap::new();
+    let reason: String = reason
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    put_header(&mut headers, ERROR_HEADER, &reason, &event.id)?;
+    put_header(&mut headers, CONTENT_TYPE, "application/json", &event.id)?;
+    put_header(
+        &mut headers,
+        NATS_MESSAGE_ID.as_ref(),
+        &format!("{}:dlq", event.id),
+        &event.id,
+    )?;
+    check_size(&headers, &body, max_payload, &event.id)?;
+    Ok(Message {
+        subject,
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use outflow_core::{ErrorKind, Op, SourceInfo};
+    use serde_json::json;
+
+    use super::*;
+
+    fn event() -> Envelope {
+        Envelope {
+            id: "e-1".into(),
+            op: Op::Insert,
+            aggregate_type: "order".into(),
+            aggregate_id: "7".into(),
+            event_type: "OrderCreated".into(),
+            payload: json!({"n": 1}),
+            key: None,
+            before: None,
+            after: None,
+            headers: BTreeMap::from([("traceparent".to_string(), "00-a-b-01".to_string())]),
+            source: SourceInfo {
+                pipeline: "p".into(),
+                collection: "public.outbox".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn template() -> Template {
+        Template::parse("outbox.event.{aggregate_type}").unwrap()
+    }
+
+    #[test]
+    fn wire_len_counts_every_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(headers_wire_len(&h), 0);
+        h.insert("a", "bc");
+        // "NATS/1.0\r\n" + "a: bc\r\n" + "\r\n"
+        assert_eq!(headers_wire_len(&h), 10 + 7 + 2);
+    }
+
+    #[test]
+    fn envelope_message_carries_id_and_content_type() {
+        let m = encode(&event(), &template(), Format::Envelope, 1 << 20).unwrap();
+        assert_eq!(m.subject, "outbox.event.order");
+        assert_eq!(m.headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "e-1");
+        assert_eq!(
+            m.headers.get(CONTENT_TYPE).unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(m.headers.get("traceparent").unwrap().as_str(), "00-a-b-01");
+        let back: Envelope = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(back, event());
+    }
+
+    #[test]
+    fn oversized_event_is_per_event_with_size_and_limit() {
+        let m = encode(&event(), &template(), Format::Envelope, 1 << 20).unwrap();
+        let size = headers_wire_len(&m.headers) + m.body.len();
+        assert!(encode(&event(), &template(), Format::Envelope, size).is_ok());
+        let err = encode(&event(), &template(), Format::Envelope, size - 1).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PerEvent);
+        assert!(
+            err.to_string().contains(&format!(
+                "is {size} bytes as a NATS message (headers and body), over the server's \
+                 max_payload of {} bytes",
+                size - 1
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_subjects_and_headers_are_per_event() {
+        let mut ev = event();
+        ev.aggregate_type = String::new();
+        let err = encode(&ev, &template(), Format::Envelope, 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PerEvent);
+        assert!(err.to_string().contains("\"outbox.event.\""), "{err}");
+        ev.aggregate_type = "a b".into();
+        assert!(encode(&ev, &template(), Format::Envelope, 1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("whitespace"));
+
+        let mut ev = event();
+        ev.headers.insert("x".into(), "line\r\nbreak".into());
+        let err = encode(&ev, &template(), Format::Envelope, 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PerEvent);
+        assert!(err.to_string().contains("header \"x\""), "{err}");
+        let mut ev = event();
+        ev.headers.insert("bad:name".into(), "v".into());
+        assert!(encode(&ev, &template(), Format::Envelope, 1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("header name \"bad:name\""));
+    }
+
+    #[test]
+    fn dead_letter_headers() {
+        let m = dead_letter_message("dlq".into(), &event(), "too\nbig", 1 << 20).unwrap();
+        assert_eq!(m.headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "e-1:dlq");
+        assert_eq!(m.headers.get(ERROR_HEADER).unwrap().as_str(), "too big");
+        let back: Envelope = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(back.id, "e-1");
+    }
+}

@@ -1,0 +1,820 @@
+//! The NATS sink: pipelined JetStream publishing, or core NATS when explicitly chosen.
+//!
+//! # What it relies on
+//!
+//! - One async-nats connection writes commands in the order they were queued, so
+//!   publishing a batch message by message, in order, fixes its order on every subject
+//!   before [`EventSink::send`] returns.
+//! - A JetStream publish is a request: the server answers on a reply inbox with a
+//!   publish ack once the stream stored the message, `duplicate: true` when the
+//!   `Nats-Msg-Id` was already stored within the stream's duplicate window, an API error,
+//!   or a "no responders" status when no stream captures the subject.
+//! - While the connection is down, async-nats keeps reconnecting in the background and
+//!   queues commands in a bounded channel; nothing bounds how long a caller waits unless
+//!   it sets timeouts. Every wait here (queueing a publish, an ack, a flush) is bounded
+//!   by `ack_timeout` and reported as transient, so the pipeline retries the batch; the
+//!   same connection resumes once the server is back. Messages queued during the outage
+//!   may still reach the server after it returns: the retry carries the same
+//!   `Nats-Msg-Id`s, so JetStream stores each once within its duplicate window.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use async_trait::async_trait;
+use outflow_core::{
+    BatchOutcome, Envelope, Error, EventSink, Pending, Rejection, Result, Template,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, trace, warn};
+
+use crate::config::NatsConfig;
+use crate::encode::{self, invalid_subject, Message};
+use crate::stream::{self, Ensured};
+
+/// Longest pause between reconnect attempts: a restarted server is found again within
+/// two seconds, well inside the default `ack_timeout` of a retried batch.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// First pause between reconnect attempts.
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
+
+/// Delivers events to NATS: JetStream with `Nats-Msg-Id` deduplication and awaited
+/// publish acks (the default), or core NATS (`jetstream = false`, at most once).
+///
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct NatsSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// `None` in core NATS mode.
+    js: Option<jetstream::Context>,
+    subject: Template,
+    format: outflow_core::Format,
+    ack_timeout: Duration,
+    stream: Option<String>,
+    duplicate_window: Duration,
+    url: String,
+    pipeline: String,
+    /// Dead-letter subjects already known to be captured by a stream.
+    dead_letter_covered: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSink")
+            .field("url", &self.inner.url)
+            .field("pipeline", &self.inner.pipeline)
+            .field("subject", &self.inner.subject.as_str())
+            .field("jetstream", &self.inner.js.is_some())
+            .finish()
+    }
+}
+
+/// Connects with the configured addresses, authentication and TLS.
+///
+/// Unreachable servers give a transient error (the caller retries); refused credentials,
+/// unreadable files and TLS failures are fatal.
+pub(crate) async fn connect_client(config: &NatsConfig, pipeline: &str) -> Result<Client> {
+    config.validate()?;
+    let addrs = config.server_addrs()?;
+    let url = config.redacted_url();
+
+    let mut options = ConnectOptions::new();
+    if let Some(path) = &config.creds_file {
+        options = options.credentials_file(path).await.map_err(|e| {
+            Error::fatal(format!(
+                "nats sink: cannot read `creds_file` {}",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(seed) = &config.nkey_seed {
+        options = options.nkey(seed.expose().to_string());
+    }
+    for (key, path) in [
+        ("tls_ca", &config.tls_ca),
+        ("tls_cert", &config.tls_cert),
+        ("tls_key", &config.tls_key),
+    ] {
+        if let Some(path) = path {
+            tokio::fs::metadata(path).await.map_err(|e| {
+                Error::fatal(format!("nats sink: cannot read `{key}` {}", path.display()))
+                    .with_source(e)
+            })?;
+        }
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls_required || config.tls_ca.is_some() || config.tls_cert.is_some() {
+        options = options.require_tls(true);
+    }
+    let name = config
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("outflow-{pipeline}"));
+    let events_pipeline = pipeline.to_string();
+    options = options
+        .name(name)
+        .connection_timeout(config.ack_timeout)
+        .request_timeout(Some(config.ack_timeout))
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let pipeline = events_pipeline.clone();
+            async move { log_event(&pipeline, event) }
+        });
+
+    options.connect(addrs).await.map_err(|err| {
+        let kind = err.kind();
+        match kind {
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                Error::fatal(format!(
+                    "NATS at {url} refused the connection ({kind}); check `token`, \
+                     `user`/`password`, `nkey_seed` or `creds_file` and the server's \
+                     authorization settings"
+                ))
+                .with_source(err)
+            }
+            ConnectErrorKind::Tls => Error::fatal(format!(
+                "TLS with NATS at {url} failed; check `tls_ca`, `tls_cert`, `tls_key` and that \
+                 the server has TLS enabled"
+            ))
+            .with_source(err),
+            ConnectErrorKind::ServerParse => {
+                Error::fatal(format!("nats sink: cannot use `url` {url}")).with_source(err)
+            }
+            ConnectErrorKind::Dns
+            | ConnectErrorKind::TimedOut
+            | ConnectErrorKind::Io
+            | ConnectErrorKind::MaxReconnects => {
+                Error::transient(format!("cannot reach NATS at {url}")).with_source(err)
+            }
+        }
+    })
+}
+
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    FIRST_RECONNECT_DELAY
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_RECONNECT_DELAY)
+}
+
+fn log_event(pipeline: &str, event: Event) {
+    match event {
+        Event::Connected => info!(pipeline = %pipeline, "nats connected"),
+        Event::Disconnected => warn!(pipeline = %pipeline, "nats disconnected, reconnecting"),
+        Event::LameDuckMode => warn!(pipeline = %pipeline, "nats server entering lame duck mode"),
+        Event::SlowConsumer(sid) => warn!(pipeline = %pipeline, sid, "nats slow consumer"),
+        Event::ServerError(err) => warn!(pipeline = %pipeline, error = %err, "nats server error"),
+        Event::ClientError(err) => warn!(pipeline = %pipeline, error = %err, "nats client error"),
+        other => debug!(pipeline = %pipeline, event = %other, "nats event"),
+    }
+}
+
+fn jetstream_context(client: &Client, config: &NatsConfig) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(config.ack_timeout)
+        .ack_timeout(config.ack_timeout)
+        .max_ack_inflight(config.max_pending)
+        .backpressure_on_inflight(true)
+        .build(client.clone())
+}
+
+/// The subjects a stream must capture for this configuration.
+fn capture_subjects(config: &NatsConfig) -> Result<Vec<String>> {
+    match &config.stream_subjects {
+        Some(subjects) => Ok(subjects.clone()),
+        None => stream::derive_subjects(&config.subject),
+    }
+}
+
+impl NatsSink {
+    /// Connects to NATS for pipeline `pipeline`.
+    ///
+    /// In JetStream mode, creates `stream` when configured and missing; without `stream`,
+    /// checks that some stream captures the subjects and fails fatally, saying how to
+    /// create one, when none does. In core NATS mode, logs once that delivery is at most
+    /// once.
+    ///
+    /// Errors: transient when the server cannot be reached (retry later), fatal on
+    /// invalid configuration, refused credentials, TLS failures or a missing stream.
+    pub async fn connect(config: NatsConfig, pipeline: &str) -> Result<NatsSink> {
+        let client = connect_client(&config, pipeline).await?;
+        let url = config.redacted_url();
+        let info = client.server_info();
+        info!(
+            pipeline = %pipeline,
+            url = %url,
+            server = %info.server_name,
+            version = %info.version,
+            max_payload = info.max_payload,
+            jetstream = config.jetstream,
+            "nats sink connected"
+        );
+        let js = if config.jetstream {
+            let js = jetstream_context(&client, &config);
+            let subjects = capture_subjects(&config)?;
+            match &config.stream {
+                Some(name) => {
+                    let ensured =
+                        stream::ensure_stream(&js, name, &subjects, config.duplicate_window)
+                            .await?;
+                    if let Ensured::Existing { subjects: existing } = ensured {
+                        for subject in subjects.iter().filter(|s| !existing.contains(s)) {
+                            if stream::stream_for_subject(&js, subject).await?.is_none() {
+                                return Err(Error::fatal(format!(
+                                    "stream {name:?} exists with subjects {existing:?}, which                                      do not capture {subject:?}; add it to the stream (`nats                                      stream edit {name} --subjects ...`) or change `subject`"
+                                )));
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for subject in &subjects {
+                        if stream::stream_for_subject(&js, subject).await?.is_none() {
+                            return Err(stream::missing_stream_error(
+                                config.subject.as_str(),
+                                subject,
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(js)
+        } else {
+            warn!(
+                pipeline = %pipeline,
+                "nats sink uses core NATS (jetstream = false): delivery is at most once; \
+                 messages published while no subscriber listens are lost"
+            );
+            None
+        };
+        Ok(NatsSink {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                subject: config.subject,
+                format: config.format,
+                ack_timeout: config.ack_timeout,
+                stream: config.stream,
+                duplicate_window: config.duplicate_window,
+                url,
+                pipeline: pipeline.to_string(),
+                dead_letter_covered: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The underlying async-nats client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+}
+
+/// One publish awaiting its ack.
+struct InFlight {
+    index: usize,
+    subject: String,
+    ack: PublishAckFuture,
+}
+
+impl Inner {
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Fails fast while the connection is down. Publishes queued then would be written
+    /// after the reconnect, possibly after messages that were lost with the old
+    /// connection, so refusing them keeps the window for reordering small.
+    fn ensure_connected(&self) -> Result<()> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(Error::transient(format!(
+                "the connection to NATS at {} is down ({state}); it is being re-established",
+                self.url
+            ))),
+        }
+    }
+
+    fn timed_out(&self, what: &str) -> Error {
+        Error::transient(format!(
+            "{what} within ack_timeout ({:?}); NATS at {} is unreachable or overloaded",
+            self.ack_timeout, self.url
+        ))
+    }
+
+    /// Classifies a failed JetStream publish or ack of the event at `index`.
+    async fn publish_error(
+        &self,
+        js: &jetstream::Context,
+        index: usize,
+        subject: &str,
+        err: async_nats::jetstream::context::PublishError,
+    ) -> std::result::Result<Rejection, Error> {
+        match err.kind() {
+            PublishErrorKind::StreamNotFound => {
+                // No responders: either no stream captures the subject, or none could
+                // answer right now (a leader election). Ask the API which one it is.
+                match stream::stream_for_subject(js, subject).await {
+                    Ok(None) => Err(stream::missing_stream_error(subject, subject)),
+                    Ok(Some(name)) => Err(Error::transient(format!(
+                        "stream {name:?} did not answer the publish to {subject:?} (no \
+                         responders)"
+                    ))),
+                    Err(e) => Err(e),
+                }
+            }
+            PublishErrorKind::TimedOut => {
+                Err(self.timed_out(&format!("no JetStream ack for the publish to {subject:?}")))
+            }
+            PublishErrorKind::BrokenPipe => Err(Error::transient(format!(
+                "the connection to NATS at {} closed before the ack of a publish to \
+                 {subject:?}",
+                self.url
+            ))),
+            PublishErrorKind::MaxPayloadExceeded => Ok(Rejection {
+                index,
+                error: Error::per_event(format!(
+                    "the NATS server refused the message to {subject:?} as too large"
+                ))
+                .with_source(err),
+            }),
+            PublishErrorKind::MaxAckPending => Err(Error::transient(
+                "too many publishes await their acks (max_pending)",
+            )),
+            PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                Err(Error::fatal(format!(
+                    "JetStream refused the publish to {subject:?} on an expected-last check \
+                     the sink never sets; check the stream's configuration"
+                ))
+                .with_source(err))
+            }
+            PublishErrorKind::Other => {
+                let api = std::error::Error::source(&err)
+                    .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                    .cloned();
+                match api {
+                    Some(api) if api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
+                        Ok(Rejection {
+                            index,
+                            error: Error::per_event(format!(
+                                "the stream capturing {subject:?} refused the message as larger \
+                                 than its max_msg_size ({api})"
+                            )),
+                        })
+                    }
+                    Some(api) => Err(Error::transient(format!(
+                        "JetStream refused the publish to {subject:?}: {api}"
+                    ))),
+                    None => Err(
+                        Error::transient(format!("publishing to {subject:?} failed"))
+                            .with_source(err),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Awaits the acks of a batch in publish order. Runs in its own task so that acks
+    /// (and the `max_pending` permits they hold) are released while the batch is still
+    /// being published.
+    async fn drive_acks(
+        self: Arc<Self>,
+        js: jetstream::Context,
+        mut acks: mpsc::UnboundedReceiver<InFlight>,
+    ) -> Result<Vec<Rejection>> {
+        let mut rejected = Vec::new();
+        while let Some(InFlight {
+            index,
+            subject,
+            ack,
+        }) = acks.recv().await
+        {
+            match ack.await {
+                Ok(ack) => {
+                    trace!(
+                        stream = %ack.stream,
+                        sequence = ack.sequence,
+                        duplicate = ack.duplicate,
+                        "publish acked"
+                    );
+                }
+                Err(err) => {
+                    let rejection = self.publish_error(&js, index, &subject, err).await?;
+                    rejected.push(rejection);
+                }
+            }
+        }
+        Ok(rejected)
+    }
+
+    async fn send_jetstream(
+        self: &Arc<Self>,
+        js: &jetstream::Context,
+        batch: Arc<[Envelope]>,
+    ) -> Result<Pending> {
+        self.ensure_connected()?;
+        let max_payload = self.max_payload();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver: JoinHandle<Result<Vec<Rejection>>> =
+            tokio::spawn(Arc::clone(self).drive_acks(js.clone(), rx));
+        let mut rejected = Vec::new();
+        for (index, event) in batch.iter().enumerate() {
+            let Message {
+                subject,
+                headers,
+                body,
+            } = match encode::encode(event, &self.subject, self.format, max_payload) {
+                Ok(message) => message,
+                Err(error) => {
+                    debug!(pipeline = %self.pipeline, index, error = %error, "event rejected");
+                    rejected.push(Rejection { index, error });
+                    continue;
+                }
+            };
+            let published = tokio::time::timeout(
+                self.ack_timeout,
+                js.publish_with_headers(subject.clone(), headers, body),
+            )
+            .await;
+            let ack = match published {
+                Ok(Ok(ack)) => ack,
+                Ok(Err(err)) => match self.publish_error(js, index, &subject, err).await {
+                    Ok(rejection) => {
+                        rejected.push(rejection);
+                        continue;
+                    }
+                    Err(error) => {
+                        driver.abort();
+                        return Err(error);
+                    }
+                },
+                Err(_) => {
+                    driver.abort();
+                    return Err(self.timed_out(&format!(
+                        "could not queue the publish to {subject:?} (connection down, or \
+                         max_pending acks outstanding)"
+                    )));
+                }
+            };
+            if tx
+                .send(InFlight {
+                    index,
+                    subject,
+                    ack,
+                })
+                .is_err()
+            {
+                // The ack task already failed; its error resolves the batch.
+                break;
+            }
+        }
+        drop(tx);
+        Ok(Box::pin(async move {
+            let mut from_acks = driver.await.map_err(|e| {
+                Error::fatal("nats sink: the task awaiting publish acks failed").with_source(e)
+            })??;
+            rejected.append(&mut from_acks);
+            rejected.sort_by_key(|r| r.index);
+            Ok(BatchOutcome { rejected })
+        }))
+    }
+
+    async fn send_core(&self, batch: Arc<[Envelope]>) -> Result<Pending> {
+        self.ensure_connected()?;
+        let max_payload = self.max_payload();
+        let mut rejected = Vec::new();
+        for (index, event) in batch.iter().enumerate() {
+            // Nats-Msg-Id means nothing to core NATS, but it is kept so that subscribers
+            // can deduplicate by it.
+            let Message {
+                subject,
+                headers,
+                body,
+            } = match encode::encode(event, &self.subject, self.format, max_payload) {
+                Ok(message) => message,
+                Err(error) => {
+                    rejected.push(Rejection { index, error });
+                    continue;
+                }
+            };
+            let published = tokio::time::timeout(
+                self.ack_timeout,
+                self.client
+                    .publish_with_headers(subject.clone(), headers, body),
+            )
+            .await;
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => match err.kind() {
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                    | async_nats::client::PublishErrorKind::InvalidSubject => {
+                        rejected.push(Rejection {
+                            index,
+                            error: Error::per_event(format!(
+                                "NATS refused the message to {subject:?}"
+                            ))
+                            .with_source(err),
+                        });
+                    }
+                    async_nats::client::PublishErrorKind::Send => {
+                        return Err(Error::transient(format!(
+                            "the connection to NATS at {} is closed",
+                            self.url
+                        ))
+                        .with_source(err))
+                    }
+                },
+                Err(_) => {
+                    return Err(
+                        self.timed_out(&format!("could not queue the publish to {subject:?}"))
+                    )
+                }
+            }
+        }
+        let client = self.client.clone();
+        let ack_timeout = self.ack_timeout;
+        let url = self.url.clone();
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(ack_timeout, client.flush()).await {
+                Ok(Ok(())) => Ok(BatchOutcome { rejected }),
+                Ok(Err(err)) => Err(
+                    Error::transient(format!("flushing to NATS at {url} failed")).with_source(err),
+                ),
+                Err(_) => Err(Error::transient(format!(
+                    "flushing to NATS at {url} did not finish within ack_timeout \
+                     ({ack_timeout:?})"
+                ))),
+            }
+        }))
+    }
+
+    /// The subject of a dead-letter destination: rendered for the event when it is a
+    /// template.
+    fn dead_letter_subject(&self, destination: &str, event: &Envelope) -> Result<String> {
+        let subject = if destination.contains('{') {
+            Template::parse(destination)
+                .map_err(|e| {
+                    Error::fatal(format!(
+                        "dead-letter destination {destination:?} is not a valid template"
+                    ))
+                    .with_source(e)
+                })?
+                .render(event)
+        } else {
+            destination.to_string()
+        };
+        if let Some(why) = invalid_subject(&subject) {
+            return Err(Error::fatal(format!(
+                "dead-letter subject {subject:?} {why}; fix the pipeline's dead-letter \
+                 destination"
+            )));
+        }
+        Ok(subject)
+    }
+
+    async fn ensure_dead_letter_stream(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+    ) -> Result<()> {
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let known = self
+            .dead_letter_covered
+            .lock()
+            .map(|set| set.contains(subject))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        let dlq_stream = format!("{stream}_DLQ");
+        stream::cover_subject(js, &dlq_stream, subject, self.duplicate_window).await?;
+        if let Ok(mut set) = self.dead_letter_covered.lock() {
+            set.insert(subject.to_string());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventSink for NatsSink {
+    /// Publishes every event of the batch, in order, on the one connection, and returns
+    /// a future of their acks.
+    ///
+    /// Events that can never be delivered (too large for the server's `max_payload`, a
+    /// subject or header NATS cannot carry, refused by the stream as too large) are
+    /// listed in the outcome. A publish that cannot be queued within `ack_timeout` fails
+    /// the batch with a transient error.
+    async fn send(&self, batch: Arc<[Envelope]>) -> Result<Pending> {
+        match &self.inner.js {
+            Some(js) => self.inner.send_jetstream(js, batch).await,
+            None => self.inner.send_core(batch).await,
+        }
+    }
+
+    /// Publishes the envelope as JSON to `destination` (a subject, or a template
+    /// rendered for the event) with `Nats-Msg-Id` = `<id>:dlq` and the reason in the
+    /// `outflow-error` header, and waits for the JetStream ack (in core NATS mode, for
+    /// the flush). With `stream` configured, a dead-letter subject no stream captures is
+    /// added to the stream `<stream>_DLQ`, created when missing.
+    async fn dead_letter(&self, destination: &str, event: &Envelope, reason: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.ensure_connected()?;
+        let subject = inner.dead_letter_subject(destination, event)?;
+        let Message {
+            subject,
+            headers,
+            body,
+        } = encode::dead_letter_message(subject, event, reason, inner.max_payload())?;
+        match &inner.js {
+            Some(js) => {
+                inner.ensure_dead_letter_stream(js, &subject).await?;
+                let published = tokio::time::timeout(
+                    inner.ack_timeout,
+                    js.publish_with_headers(subject.clone(), headers, body),
+                )
+                .await
+                .map_err(|_| {
+                    inner.timed_out(&format!("could not queue the dead letter to {subject:?}"))
+                })?;
+                let result = match published {
+                    Ok(ack) => ack.await.map(|_| ()),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = result {
+                    let rejection = inner.publish_error(js, 0, &subject, err).await?;
+                    return Err(rejection.error);
+                }
+            }
+            None => {
+                tokio::time::timeout(
+                    inner.ack_timeout,
+                    inner
+                        .client
+                        .publish_with_headers(subject.clone(), headers, body),
+                )
+                .await
+                .map_err(|_| {
+                    inner.timed_out(&format!("could not queue the dead letter to {subject:?}"))
+                })?
+                .map_err(|e| {
+                    Error::transient(format!("publishing the dead letter to {subject:?} failed"))
+                        .with_source(e)
+                })?;
+                tokio::time::timeout(inner.ack_timeout, inner.client.flush())
+                    .await
+                    .map_err(|_| inner.timed_out("flushing the dead letter did not finish"))?
+                    .map_err(|e| {
+                        Error::transient("flushing the dead letter failed").with_source(e)
+                    })?;
+            }
+        }
+        info!(
+            pipeline = %inner.pipeline,
+            subject = %subject,
+            id = %event.id,
+            "event dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Flushes what is queued on the connection and closes it. Acks of batches already
+    /// sent are awaited by their [`Pending`] futures, not here.
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        match tokio::time::timeout(inner.ack_timeout, inner.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                return Err(Error::transient("flushing before close failed").with_source(err))
+            }
+            Err(_) => return Err(inner.timed_out("flushing before close did not finish")),
+        }
+        inner
+            .client
+            .drain()
+            .await
+            .map_err(|e| Error::transient("closing the NATS connection failed").with_source(e))?;
+        info!(pipeline = %inner.pipeline, "nats sink closed");
+        Ok(())
+    }
+}
+
+/// Connects and checks what the sink needs, without publishing: the server answers,
+/// JetStream is enabled (in JetStream mode), and a stream captures the subjects, or
+/// `stream` names one that exists or would be created. Returns one line per finding.
+pub async fn check(config: &NatsConfig) -> Result<Vec<String>> {
+    let client = connect_client(config, "check").await?;
+    let url = config.redacted_url();
+    let info = client.server_info();
+    let mut report = vec![format!(
+        "connected to NATS at {url} (server {} version {}, max_payload {} bytes)",
+        info.server_name, info.version, info.max_payload
+    )];
+    if !config.jetstream {
+        report.push(
+            "core NATS mode (jetstream = false): delivery is at most once, no stream is used"
+                .to_string(),
+        );
+        return Ok(report);
+    }
+    let js = jetstream_context(&client, config);
+    let subjects = capture_subjects(config)?;
+    match &config.stream {
+        Some(name) => match stream::stream_info(&js, name).await? {
+            Some(info) => {
+                report.push(format!(
+                    "stream {name:?} exists with subjects {:?} and duplicate window {:?}",
+                    info.config.subjects, info.config.duplicate_window
+                ));
+                for subject in &subjects {
+                    match stream::stream_for_subject(&js, subject).await? {
+                        Some(owner) => report.push(format!(
+                            "subjects {subject:?} are captured by stream {owner:?}"
+                        )),
+                        None => return Err(stream::missing_stream_error(subject, subject)),
+                    }
+                }
+            }
+            None => {
+                for subject in &subjects {
+                    if let Some(owner) = stream::stream_for_subject(&js, subject).await? {
+                        return Err(Error::fatal(format!(
+                            "stream {name:?} would be created with subjects {subjects:?}, but \
+                             stream {owner:?} already captures {subject:?}; remove `stream` \
+                             to publish into {owner:?}, or change `subject`"
+                        )));
+                    }
+                }
+                report.push(format!(
+                    "stream {name:?} does not exist; it will be created with subjects \
+                     {subjects:?} and duplicate window {:?}",
+                    config.duplicate_window
+                ));
+            }
+        },
+        None => {
+            for subject in &subjects {
+                match stream::stream_for_subject(&js, subject).await? {
+                    Some(owner) => report.push(format!(
+                        "subjects {subject:?} are captured by stream {owner:?}"
+                    )),
+                    None => {
+                        return Err(stream::missing_stream_error(
+                            config.subject.as_str(),
+                            subject,
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    if let Err(err) = client.drain().await {
+        debug!(error = %err, "closing the check connection failed");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_to_its_cap() {
+        assert_eq!(reconnect_delay(0), FIRST_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(1), FIRST_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(2), FIRST_RECONNECT_DELAY * 2);
+        assert_eq!(reconnect_delay(100), MAX_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
+    }
+
+    #[test]
+    fn derived_or_configured_capture_subjects() {
+        let mut c = NatsConfig::new("nats://x:4222");
+        assert_eq!(capture_subjects(&c).unwrap(), ["outbox.event.*"]);
+        c.stream_subjects = Some(vec!["outbox.>".into()]);
+        assert_eq!(capture_subjects(&c).unwrap(), ["outbox.>"]);
+    }
+}
