@@ -3,7 +3,8 @@
 #
 #   scripts/services.sh start    start what is not running, wait until each answers, write
 #                                services.env and print a summary (idempotent)
-#   scripts/services.sh stop     stop every service this state folder started
+#   scripts/services.sh stop [SERVICE...]
+#                                stop the named services (postgres nats moto tansu) or all
 #   scripts/services.sh status   show each service; exit 0 when all run, 3 otherwise
 #   scripts/services.sh env      print the path of services.env
 #
@@ -489,12 +490,28 @@ cmd_start() {
     printf 'use it:   set -a; . %s; set +a\n' "$ENV_FILE"
 }
 
+# cmd_stop [SERVICE...]: stop the named services (postgres, nats, moto, tansu), or all.
 cmd_stop() {
-    pg_stop
-    stop_pid nats "$STATE/nats/pid" nats-server
-    stop_pid moto "$STATE/moto/pid" moto_server
-    stop_pid tansu "$STATE/tansu/pid" tansu
-    rm -f "$ENV_FILE"
+    local svc names=("$@")
+    ((${#names[@]})) || names=(postgres nats moto tansu)
+    for svc in "${names[@]}"; do
+        case "$svc" in
+            postgres) pg_stop ;;
+            nats) stop_pid nats "$STATE/nats/pid" nats-server ;;
+            moto) stop_pid moto "$STATE/moto/pid" moto_server ;;
+            tansu) stop_pid tansu "$STATE/tansu/pid" tansu ;;
+            *) die "unknown service '$svc' (known: postgres nats moto tansu)" ;;
+        esac
+    done
+    # The env file describes running services only: keep it while any of them runs.
+    if ! any_running; then
+        rm -f "$ENV_FILE"
+    fi
+}
+
+any_running() {
+    pg_running "$(pg_root)/data" || pid_running "$STATE/nats/pid" nats-server \
+        || pid_running "$STATE/moto/pid" moto_server || pid_running "$STATE/tansu/pid" tansu
 }
 
 cmd_status() {
@@ -537,9 +554,10 @@ main() {
             cmd_start
             ;;
         stop)
+            shift
             init_state
             with_lock
-            cmd_stop
+            cmd_stop "$@"
             ;;
         status)
             init_state
@@ -551,7 +569,7 @@ main() {
             [[ -f "$ENV_FILE" ]] || { warn "not written yet: run scripts/services.sh start"; exit 1; }
             ;;
         *)
-            echo "usage: $0 start|stop|status|env" >&2
+            echo "usage: $0 start | stop [postgres|nats|moto|tansu]... | status | env" >&2
             exit 2
             ;;
     esac
