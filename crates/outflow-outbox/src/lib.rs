@@ -9,7 +9,7 @@
 //! There are two ways to write an event, and outflow decodes both into the same
 //! envelope:
 //!
-//! 1. **A row in the outbox table**, with [`write`] (the row stays; remove old rows with
+//! 1. **A row in the outbox table**, with [`write()`] (the row stays; remove old rows with
 //!    [`purge_older_than`]) or [`write_and_delete`] (the row is deleted again in the same
 //!    transaction, so the table stays empty while the write-ahead log still carries the
 //!    insert). Create the table with [`ensure_table`]; see [`create_table_sql`] for its

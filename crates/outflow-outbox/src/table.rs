@@ -94,11 +94,13 @@ pub struct OutboxColumns {
     /// The payload column, `jsonb`, nullable. Default `payload`.
     pub payload: String,
     /// The insertion time column, `timestamptz not null default now()`. Writes leave it
-    /// to its default; it is there for housekeeping. Default `created_at`.
+    /// to its default; [`purge_older_than`](crate::purge_older_than) reads it. Default
+    /// `created_at`.
     pub created_at: String,
     /// The W3C `traceparent` column, `text`, nullable; delivered as the `traceparent`
-    /// header. Default `tracingspancontext`.
-    pub tracing_span_context: String,
+    /// header. Default `tracingspancontext`. (Named `tracing` like the matching key of the
+    /// Postgres source's `outbox` settings.)
+    pub tracing: String,
 }
 
 impl Default for OutboxColumns {
@@ -110,7 +112,7 @@ impl Default for OutboxColumns {
             event_type: "type".to_owned(),
             payload: "payload".to_owned(),
             created_at: "created_at".to_owned(),
-            tracing_span_context: "tracingspancontext".to_owned(),
+            tracing: "tracingspancontext".to_owned(),
         }
     }
 }
@@ -125,7 +127,7 @@ impl OutboxColumns {
             ("event_type", &self.event_type),
             ("payload", &self.payload),
             ("created_at", &self.created_at),
-            ("tracing_span_context", &self.tracing_span_context),
+            ("tracing", &self.tracing),
         ]
     }
 
@@ -183,7 +185,7 @@ impl Sql {
             quote_identifier(&c.aggregate_id),
             quote_identifier(&c.event_type),
             quote_identifier(&c.payload),
-            quote_identifier(&c.tracing_span_context),
+            quote_identifier(&c.tracing),
         );
         let delete = format!(
             "delete from {qualified} where {} = $1",
@@ -313,7 +315,7 @@ impl OutboxTable {
             quote_identifier(&c.event_type),
             quote_identifier(&c.payload),
             quote_identifier(&c.created_at),
-            quote_identifier(&c.tracing_span_context),
+            quote_identifier(&c.tracing),
         )
     }
 }
@@ -355,7 +357,7 @@ fn expected_types(c: &OutboxColumns) -> [(&str, &'static [&'static str]); 6] {
         (&c.aggregate_id, &["text", "character varying"]),
         (&c.event_type, &["text", "character varying"]),
         (&c.payload, &["jsonb", "json"]),
-        (&c.tracing_span_context, &["text", "character varying"]),
+        (&c.tracing, &["text", "character varying"]),
     ]
 }
 

@@ -216,7 +216,7 @@ pub async fn emit_message(
 /// Deletes the rows of the outbox table whose `created_at` is older than `age`, and
 /// returns how many it deleted.
 ///
-/// Run it now and then when events are written with [`write`] (which leaves rows
+/// Run it now and then when events are written with [`write()`] (which leaves rows
 /// behind): outflow drops deletes of outbox rows, so purging emits no events. Choose an
 /// `age` longer than outflow may lag behind, although a row already in the write-ahead
 /// log is delivered whether or not it still exists.

@@ -68,7 +68,7 @@ async fn outbox_rows(
         q(&c.aggregate_id),
         q(&c.event_type),
         q(&c.payload),
-        q(&c.tracing_span_context),
+        q(&c.tracing),
         table.qualified_name(),
         q(&c.id),
     );
@@ -529,7 +529,7 @@ async fn weird_names_are_quoted_everywhere() {
         event_type: "select".to_owned(),
         payload: "Payload".to_owned(),
         created_at: "at'time".to_owned(),
-        tracing_span_context: "trace;ctx".to_owned(),
+        tracing: "trace;ctx".to_owned(),
     };
     let table = OutboxTable::new(name)
         .unwrap()
@@ -557,7 +557,7 @@ async fn weird_names_are_quoted_everywhere() {
         &columns.event_type,
         &columns.payload,
         &columns.created_at,
-        &columns.tracing_span_context,
+        &columns.tracing,
     ]
     .iter()
     .map(|c| (name.to_owned(), (*c).clone()))
