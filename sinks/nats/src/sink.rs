@@ -143,7 +143,11 @@ pub(crate) async fn connect_client(config: &NatsConfig, pipeline: &str) -> Resul
         });
 
     options.connect(addrs).await.map_err(|err| {
-        let kind = err.kind();
+        let kind = if is_tls_failure(&err) {
+            ConnectErrorKind::Tls
+        } else {
+            err.kind()
+        };
         match kind {
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 Error::fatal(format!(
@@ -169,6 +173,25 @@ pub(crate) async fn connect_client(config: &NatsConfig, pipeline: &str) -> Resul
             }
         }
     })
+}
+
+/// Whether a connect error is a refused TLS handshake (an untrusted or invalid
+/// certificate), which async-nats reports as an IO error: rustls fails the handshake with
+/// an `InvalidData` IO error. Retrying cannot fix it.
+fn is_tls_failure(err: &async_nats::ConnectError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+        }
+        if c.to_string().contains("certificate") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn reconnect_delay(attempts: usize) -> Duration {

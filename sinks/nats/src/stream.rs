@@ -55,7 +55,7 @@ pub(crate) fn derive_subjects(template: &Template) -> Result<Vec<String>, Error>
 pub(crate) fn missing_stream_error(subject: &str, capture: &str) -> Error {
     Error::fatal(format!(
         "no JetStream stream captures subject {subject:?}; create one, e.g. `nats stream add \
-         OUTBOX --subjects '{capture}' --dupe-window 2m`, or set `stream = \"NAME\"` in the \
+         OUTBOX --subjects '{capture}' --dupe-window 2m --defaults`, or set `stream = \"NAME\"` in the \
          nats sink so outflow creates it"
     ))
 }

@@ -619,3 +619,122 @@ async fn user_and_password_authentication() {
     assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
     assert!(!format!("{err:?}").contains("pw-2"));
 }
+
+/// Runs openssl with `args` in `dir`, failing the test with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=outflow test ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let cert = d.join("server.pem");
+    let key = d.join("server.key");
+    let (_server, url) = auth_server(&[
+        "--tls",
+        "--tlscert",
+        cert.to_str().unwrap(),
+        "--tlskey",
+        key.to_str().unwrap(),
+    ])
+    .await;
+
+    let mut config = NatsConfig::new(&url);
+    config.jetstream = false;
+    config.tls_ca = Some(d.join("ca.pem"));
+    let sink = NatsSink::connect(config.clone(), "orders")
+        .await
+        .expect("tls with our ca");
+    let outcome = sink
+        .send(batch("t", 0, 2))
+        .await
+        .unwrap()
+        .await
+        .expect("flushed");
+    assert!(outcome.rejected.is_empty());
+
+    // Without the CA the server's certificate is not trusted.
+    config.tls_ca = None;
+    config.tls_required = true;
+    let err = NatsSink::connect(config.clone(), "orders")
+        .await
+        .expect_err("unknown ca");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    assert!(
+        err.to_string().starts_with("TLS with NATS at"),
+        "{}",
+        err.chain()
+    );
+
+    // A CA file that does not exist is named.
+    config.tls_ca = Some(d.join("missing.pem"));
+    let err = NatsSink::connect(config, "orders")
+        .await
+        .expect_err("missing file");
+    assert_eq!(err.kind(), ErrorKind::Fatal);
+    assert!(err.to_string().contains("cannot read `tls_ca`"), "{err}");
+}
