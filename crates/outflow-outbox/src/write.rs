@@ -47,8 +47,8 @@ fn payload_param(event: &OutboxEvent) -> &(dyn ToSql + Sync) {
 /// loses one of them).
 ///
 /// One round trip: the statement text is built once per [`OutboxTable`] and sent with
-/// typed parameters, so nothing is prepared separately. A second event with the same id fails with a
-/// unique violation ([`OutboxError::code`]), which leaves `tx` aborted.
+/// typed parameters, so nothing is prepared separately. A second event with the same id
+/// fails with a unique violation ([`OutboxError::code`]), which leaves `tx` aborted.
 ///
 /// ```no_run
 /// use outflow_outbox::{OutboxEvent, OutboxTable};
