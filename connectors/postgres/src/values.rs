@@ -495,10 +495,15 @@ pub fn row_image<'t>(
                 let text = std::str::from_utf8(bytes).map_err(|_| RowError::NotUtf8 {
                     column: name.clone(),
                 })?;
-                to_json(kind, text).map_err(|source| RowError::Value {
-                    column: name.clone(),
-                    source,
-                })?
+                match to_json(kind, text) {
+                    Ok(json) => json,
+                    Err(error) => {
+                        // The text form is the value, losslessly; deliver it rather than
+                        // stop the stream on a form this mapping did not foresee.
+                        tracing::warn!(column = %name, error = %error, "value kept as text");
+                        Value::String(text.to_string())
+                    }
+                }
             }
             TupleValue::Binary(_) => {
                 return Err(RowError::Binary {
@@ -527,15 +532,6 @@ pub enum RowError {
     NotUtf8 {
         /// The column.
         column: String,
-    },
-    /// A value's text form does not parse.
-    #[error("column {column}: {source}")]
-    Value {
-        /// The column.
-        column: String,
-        /// What failed.
-        #[source]
-        source: ValueError,
     },
     /// A value came in binary form, which outflow never asks for.
     #[error("column {column} arrived in binary form")]

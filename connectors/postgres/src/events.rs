@@ -1,0 +1,692 @@
+//! From decoded changes to envelopes, in the three modes.
+
+use std::collections::BTreeMap;
+
+use outflow_core::{event_id_from_position, Envelope, Error, Op, SourceInfo, Timestamp};
+use serde_json::{Map, Value};
+use tracing::{debug, trace, warn};
+
+use crate::config::{Mode, OutboxColumns};
+use crate::decoder::{OldTuple, Relation, TupleValue};
+use crate::lsn::Lsn;
+use crate::values::{row_image, Kind};
+
+/// Microseconds from the Unix epoch to Postgres' epoch, 2000-01-01 00:00 UTC.
+pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// A Postgres timestamp (microseconds since 2000-01-01) as an outflow timestamp.
+pub(crate) fn pg_time(micros: i64) -> Timestamp {
+    Timestamp::from_unix_micros(micros.saturating_add(PG_EPOCH_OFFSET_MICROS))
+}
+
+/// Where the outbox columns sit in a relation's tuples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutboxIndex {
+    id: usize,
+    aggregate_type: usize,
+    aggregate_id: usize,
+    event_type: usize,
+    payload: usize,
+    tracing: Option<usize>,
+}
+
+/// A table as the stream knows it: its latest Relation message, with resolved kinds.
+#[derive(Debug, Clone)]
+pub(crate) struct RelationInfo {
+    /// `schema.table`.
+    pub(crate) collection: String,
+    /// Column names and kinds, in tuple order.
+    pub(crate) columns: Vec<(String, Kind)>,
+    /// Replica identity flags per column.
+    identity: Vec<bool>,
+    /// The columns of the key: the primary key, or the replica identity without one.
+    key: Vec<usize>,
+    /// Outbox column positions (outbox mode).
+    outbox: Option<OutboxIndex>,
+}
+
+impl RelationInfo {
+    /// Builds the table's description. `kinds` are the resolved kinds of its columns,
+    /// `primary_key` its primary key's column names.
+    pub(crate) fn new(
+        relation: &Relation,
+        kinds: Vec<Kind>,
+        primary_key: &[String],
+        mode: Mode,
+        names: &OutboxColumns,
+    ) -> Result<RelationInfo, Error> {
+        let collection = format!("{}.{}", relation.namespace, relation.name);
+        let columns: Vec<(String, Kind)> = relation
+            .columns
+            .iter()
+            .zip(kinds)
+            .map(|(c, k)| (c.name.clone(), k))
+            .collect();
+        let position = |name: &str| columns.iter().position(|(n, _)| n == name);
+        let identity: Vec<bool> = relation.columns.iter().map(|c| c.is_key).collect();
+        let mut key: Vec<usize> = primary_key.iter().filter_map(|n| position(n)).collect();
+        if key.len() != primary_key.len() || key.is_empty() {
+            key = (0..identity.len()).filter(|&i| identity[i]).collect();
+        }
+        let outbox = if mode == Mode::Outbox {
+            let need = |field: &str, name: &str| {
+                position(name).ok_or_else(|| {
+                    Error::fatal(format!(
+                        "outbox table {collection} has no column {name:?} (outbox.{field}); \
+                         name the right column in the source's outbox settings, or use \
+                         mode = \"table\""
+                    ))
+                })
+            };
+            Some(OutboxIndex {
+                id: need("id", &names.id)?,
+                aggregate_type: need("aggregate_type", &names.aggregate_type)?,
+                aggregate_id: need("aggregate_id", &names.aggregate_id)?,
+                event_type: need("event_type", &names.event_type)?,
+                payload: need("payload", &names.payload)?,
+                tracing: position(&names.tracing),
+            })
+        } else {
+            None
+        };
+        Ok(RelationInfo {
+            collection,
+            columns,
+            identity,
+            key,
+            outbox,
+        })
+    }
+
+    fn image(
+        &self,
+        tuple: &[TupleValue<'_>],
+        only: Option<&[bool]>,
+        unchanged: &mut Vec<String>,
+    ) -> Result<Map<String, Value>, Error> {
+        row_image(&self.columns, tuple, only, unchanged).map_err(|e| {
+            Error::fatal(format!(
+                "a change of {} does not match its relation: {e}; this is a bug in outflow \
+                 or a server it does not support",
+                self.collection
+            ))
+        })
+    }
+
+    fn key_of(&self, row: &Map<String, Value>) -> (Value, String) {
+        let mut key = Map::new();
+        let mut parts = Vec::with_capacity(self.key.len());
+        for &i in &self.key {
+            let name = &self.columns[i].0;
+            let value = row.get(name).cloned().unwrap_or(Value::Null);
+            parts.push(match &value {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            });
+            key.insert(name.clone(), value);
+        }
+        (Value::Object(key), parts.join(":"))
+    }
+}
+
+/// The transaction a change belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct TxInfo {
+    /// The commit LSN (Begin's final LSN).
+    pub(crate) commit_lsn: Lsn,
+    /// Transaction id.
+    pub(crate) xid: u32,
+    /// Commit time.
+    pub(crate) commit_time: Timestamp,
+}
+
+/// What every event of a stream shares.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamInfo {
+    pub(crate) pipeline: String,
+    pub(crate) database: String,
+    pub(crate) mode: Mode,
+    pub(crate) message_prefix: String,
+}
+
+impl StreamInfo {
+    fn source(&self, collection: &str, position: String, tx: &TxInfo) -> SourceInfo {
+        SourceInfo {
+            connector: "postgres".into(),
+            pipeline: self.pipeline.clone(),
+            database: self.database.clone(),
+            collection: collection.to_string(),
+            partition: None,
+            position,
+            txid: Some(tx.xid.to_string()),
+            commit_time: Some(tx.commit_time),
+            unchanged_columns: Vec::new(),
+        }
+    }
+
+    fn derived_id(&self, position: &str) -> String {
+        event_id_from_position(&self.pipeline, None, position)
+    }
+}
+
+/// The position of a change: `<commit lsn>/<change lsn>/<index in transaction>`.
+pub(crate) fn position(tx: &TxInfo, change_lsn: Lsn, index: u64) -> String {
+    format!("{}/{}/{}", tx.commit_lsn, change_lsn, index)
+}
+
+/// A row change, decoded.
+pub(crate) enum RowChange<'a> {
+    Insert(&'a [TupleValue<'a>]),
+    Update {
+        old: Option<&'a OldTuple<'a>>,
+        new: &'a [TupleValue<'a>],
+    },
+    Delete(&'a OldTuple<'a>),
+}
+
+/// The event for a row change, or `None` when the mode drops it.
+pub(crate) fn row_event(
+    stream: &StreamInfo,
+    rel: &RelationInfo,
+    tx: &TxInfo,
+    change: RowChange<'_>,
+    position: String,
+) -> Result<Option<Envelope>, Error> {
+    match stream.mode {
+        Mode::Table => table_event(stream, rel, tx, change, position).map(Some),
+        Mode::Outbox => match change {
+            RowChange::Insert(new) => outbox_event(stream, rel, tx, new, position).map(Some),
+            RowChange::Update { .. } => {
+                warn!(
+                    collection = %rel.collection,
+                    position = %position,
+                    "outbox row updated; updates of outbox rows are not events and are dropped"
+                );
+                Ok(None)
+            }
+            RowChange::Delete(_) => {
+                trace!(collection = %rel.collection, "outbox delete dropped");
+                Ok(None)
+            }
+        },
+        Mode::Message => Ok(None),
+    }
+}
+
+fn table_event(
+    stream: &StreamInfo,
+    rel: &RelationInfo,
+    tx: &TxInfo,
+    change: RowChange<'_>,
+    position: String,
+) -> Result<Envelope, Error> {
+    let mut unchanged = Vec::new();
+    let (op, before, after) = match change {
+        RowChange::Insert(new) => (
+            Op::Insert,
+            None,
+            Some(rel.image(new, None, &mut unchanged)?),
+        ),
+        RowChange::Update { old, new } => {
+            let after = rel.image(new, None, &mut unchanged)?;
+            let before = match old {
+                Some(OldTuple::Full(t)) => Some(rel.image(t, None, &mut Vec::new())?),
+                Some(OldTuple::Key(t)) => {
+                    Some(rel.image(t, Some(&rel.identity), &mut Vec::new())?)
+                }
+                None => None,
+            };
+            (Op::Update, before, Some(after))
+        }
+        RowChange::Delete(old) => {
+            let before = match old {
+                OldTuple::Full(t) => rel.image(t, None, &mut Vec::new())?,
+                OldTuple::Key(t) => rel.image(t, Some(&rel.identity), &mut Vec::new())?,
+            };
+            (Op::Delete, Some(before), None)
+        }
+    };
+    let (key, aggregate_id) = match (&after, &before) {
+        (Some(row), _) | (None, Some(row)) => rel.key_of(row),
+        (None, None) => (Value::Null, String::new()),
+    };
+    let payload = after
+        .clone()
+        .or_else(|| before.clone())
+        .map_or(Value::Null, Value::Object);
+    let mut source = stream.source(&rel.collection, position, tx);
+    source.unchanged_columns = unchanged;
+    Ok(Envelope {
+        id: stream.derived_id(&source.position),
+        op,
+        aggregate_type: rel.collection.clone(),
+        aggregate_id,
+        event_type: format!("{}.{}", rel.collection, op.as_str()),
+        payload,
+        key: Some(key),
+        before: before.map(Value::Object),
+        after: after.map(Value::Object),
+        headers: BTreeMap::new(),
+        source,
+    })
+}
+
+fn text_of(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Headers from a tracing column or message field: a W3C traceparent in text, text of
+/// `key=value` lines (Debezium's form), or a JSON object of strings.
+fn headers_from(value: Option<&Value>) -> BTreeMap<String, String> {
+    let mut headers = BTreeMap::new();
+    match value {
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                if let Some(text) = text_of(Some(v)) {
+                    headers.insert(k.clone(), text);
+                }
+            }
+        }
+        Some(Value::String(text)) => {
+            let text = text.trim();
+            if text.starts_with('{') {
+                if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+                    return headers_from(Some(&Value::Object(map)));
+                }
+            }
+            if text.contains('=') {
+                for line in text.lines() {
+                    if let Some((k, v)) = line.split_once('=') {
+                        let k = k.trim();
+                        if !k.is_empty() && !k.starts_with('#') {
+                            headers.insert(k.to_string(), v.trim().to_string());
+                        }
+                    }
+                }
+            } else if !text.is_empty() {
+                headers.insert("traceparent".to_string(), text.to_string());
+            }
+        }
+        _ => {}
+    }
+    headers
+}
+
+fn outbox_event(
+    stream: &StreamInfo,
+    rel: &RelationInfo,
+    tx: &TxInfo,
+    new: &[TupleValue<'_>],
+    position: String,
+) -> Result<Envelope, Error> {
+    let Some(index) = &rel.outbox else {
+        return Err(Error::fatal(format!(
+            "{} is not an outbox table; this is a bug in outflow",
+            rel.collection
+        )));
+    };
+    let mut unchanged = Vec::new();
+    let row = rel.image(new, None, &mut unchanged)?;
+    let column = |i: usize| row.get(&rel.columns[i].0);
+    let field = |i: usize| {
+        text_of(column(i)).unwrap_or_else(|| {
+            warn!(
+                collection = %rel.collection,
+                column = %rel.columns[i].0,
+                position = %position,
+                "outbox column is null; delivered as an empty string"
+            );
+            String::new()
+        })
+    };
+    let aggregate_type = field(index.aggregate_type);
+    let aggregate_id = field(index.aggregate_id);
+    let event_type = field(index.event_type);
+    let id = text_of(column(index.id)).unwrap_or_else(|| {
+        warn!(
+            collection = %rel.collection,
+            position = %position,
+            "outbox id is null; the event gets an id derived from its position"
+        );
+        stream.derived_id(&position)
+    });
+    let payload = column(index.payload).cloned().unwrap_or(Value::Null);
+    let headers = headers_from(index.tracing.and_then(column));
+    let (key, _) = rel.key_of(&row);
+    let mut source = stream.source(&rel.collection, position, tx);
+    source.unchanged_columns = unchanged;
+    Ok(Envelope {
+        id,
+        op: Op::Insert,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        payload,
+        key: Some(key),
+        before: None,
+        after: Some(Value::Object(row)),
+        headers,
+        source,
+    })
+}
+
+/// Truncate events, one per truncated captured table (table mode only).
+pub(crate) fn truncate_event(
+    stream: &StreamInfo,
+    rel: &RelationInfo,
+    tx: &TxInfo,
+    position: String,
+) -> Option<Envelope> {
+    if stream.mode != Mode::Table {
+        debug!(collection = %rel.collection, "truncate ignored outside table mode");
+        return None;
+    }
+    let source = stream.source(&rel.collection, position, tx);
+    Some(Envelope {
+        id: stream.derived_id(&source.position),
+        op: Op::Truncate,
+        aggregate_type: rel.collection.clone(),
+        aggregate_id: String::new(),
+        event_type: format!("{}.truncate", rel.collection),
+        payload: Value::Null,
+        key: None,
+        before: None,
+        after: None,
+        headers: BTreeMap::new(),
+        source,
+    })
+}
+
+/// Why a logical decoding message is not an event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MessageSkip {
+    /// Not message mode, or another prefix: not ours.
+    NotOurs,
+    /// Ours, but the content is not the documented JSON object.
+    Invalid(String),
+}
+
+/// The event of a transactional logical decoding message (message mode).
+pub(crate) fn message_event(
+    stream: &StreamInfo,
+    tx: &TxInfo,
+    prefix: &str,
+    content: &[u8],
+    position: String,
+) -> Result<Envelope, MessageSkip> {
+    if stream.mode != Mode::Message || prefix != stream.message_prefix {
+        return Err(MessageSkip::NotOurs);
+    }
+    let value: Value = serde_json::from_slice(content)
+        .map_err(|e| MessageSkip::Invalid(format!("content is not JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(MessageSkip::Invalid("content is not a JSON object".into()));
+    };
+    let required = |name: &str| {
+        text_of(object.get(name))
+            .ok_or_else(|| MessageSkip::Invalid(format!("content has no {name:?} string")))
+    };
+    let aggregate_type = required("aggregatetype")?;
+    let aggregate_id = required("aggregateid")?;
+    let event_type = required("type")?;
+    let id = text_of(object.get("id")).unwrap_or_else(|| stream.derived_id(&position));
+    let mut headers = headers_from(object.get("headers"));
+    headers.extend(headers_from(object.get("tracingspancontext")));
+    let payload = object.remove("payload").unwrap_or(Value::Null);
+    Ok(Envelope {
+        id,
+        op: Op::Message,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        payload,
+        key: None,
+        before: None,
+        after: None,
+        headers,
+        source: stream.source(prefix, position, tx),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decoder::{RelationColumn, ReplicaIdentity};
+    use serde_json::json;
+
+    fn stream(mode: Mode) -> StreamInfo {
+        StreamInfo {
+            pipeline: "orders".into(),
+            database: "shop".into(),
+            mode,
+            message_prefix: "outbox".into(),
+        }
+    }
+
+    fn tx() -> TxInfo {
+        TxInfo {
+            commit_lsn: Lsn(0x16B3748),
+            xid: 731,
+            commit_time: pg_time(0),
+        }
+    }
+
+    fn relation(names: &[&str], identity: ReplicaIdentity) -> Relation {
+        Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "items".into(),
+            replica_identity: identity,
+            columns: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| RelationColumn {
+                    is_key: identity == ReplicaIdentity::Full || i == 0,
+                    name: n.to_string(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn postgres_epoch_converts() {
+        assert_eq!(pg_time(0).to_string(), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(
+            pg_time(1_500_000).to_string(),
+            "2000-01-01T00:00:01.500000Z"
+        );
+    }
+
+    #[test]
+    fn table_mode_uses_the_primary_key_under_full_identity() {
+        let rel = relation(&["a", "b", "c"], ReplicaIdentity::Full);
+        let kinds = vec![Kind::Text, Kind::Int, Kind::Text];
+        let info = RelationInfo::new(
+            &rel,
+            kinds,
+            &["b".into(), "a".into()],
+            Mode::Table,
+            &OutboxColumns::default(),
+        )
+        .unwrap();
+        let old = OldTuple::Full(vec![
+            TupleValue::Text(b"x"),
+            TupleValue::Text(b"7"),
+            TupleValue::Text(b"old"),
+        ]);
+        let new = [
+            TupleValue::Text(b"x"),
+            TupleValue::Text(b"7"),
+            TupleValue::UnchangedToast,
+        ];
+        let pos = position(&tx(), Lsn(0x16B3700), 2);
+        assert_eq!(pos, "0/16B3748/0/16B3700/2");
+        let e = row_event(
+            &stream(Mode::Table),
+            &info,
+            &tx(),
+            RowChange::Update {
+                old: Some(&old),
+                new: &new,
+            },
+            pos.clone(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.op, Op::Update);
+        assert_eq!(e.aggregate_id, "7:x");
+        assert_eq!(e.key, Some(json!({"b": 7, "a": "x"})));
+        assert_eq!(e.before, Some(json!({"a": "x", "b": 7, "c": "old"})));
+        assert_eq!(e.after, Some(json!({"a": "x", "b": 7})));
+        assert_eq!(e.source.unchanged_columns, vec!["c".to_string()]);
+        assert_eq!(e.event_type, "public.items.update");
+        assert_eq!(e.id, event_id_from_position("orders", None, &pos));
+        assert_eq!(e.source.txid.as_deref(), Some("731"));
+    }
+
+    #[test]
+    fn outbox_mode_reads_the_columns_and_drops_deletes() {
+        let rel = relation(
+            &[
+                "id",
+                "aggregatetype",
+                "aggregateid",
+                "type",
+                "payload",
+                "tracingspancontext",
+            ],
+            ReplicaIdentity::Default,
+        );
+        let kinds = vec![
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Text,
+            Kind::Json,
+            Kind::Text,
+        ];
+        let info = RelationInfo::new(
+            &rel,
+            kinds,
+            &["id".into()],
+            Mode::Outbox,
+            &OutboxColumns::default(),
+        )
+        .unwrap();
+        let new = [
+            TupleValue::Text(b"e-1"),
+            TupleValue::Text(b"order"),
+            TupleValue::Text(b"123"),
+            TupleValue::Text(b"OrderCreated"),
+            TupleValue::Text(br#"{"total": 42.5}"#),
+            TupleValue::Text(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ];
+        let s = stream(Mode::Outbox);
+        let e = row_event(&s, &info, &tx(), RowChange::Insert(&new), "p".into())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                e.id.as_str(),
+                e.aggregate_type.as_str(),
+                e.aggregate_id.as_str()
+            ),
+            ("e-1", "order", "123")
+        );
+        assert_eq!(e.event_type, "OrderCreated");
+        assert_eq!(e.payload, json!({"total": 42.5}));
+        assert_eq!(e.key, Some(json!({"id": "e-1"})));
+        assert_eq!(
+            e.headers.get("traceparent").map(String::as_str),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        let old = OldTuple::Key(new.to_vec());
+        assert!(
+            row_event(&s, &info, &tx(), RowChange::Delete(&old), "p".into())
+                .unwrap()
+                .is_none()
+        );
+        assert!(row_event(
+            &s,
+            &info,
+            &tx(),
+            RowChange::Update {
+                old: None,
+                new: &new
+            },
+            "p".into()
+        )
+        .unwrap()
+        .is_none());
+
+        let bad = RelationInfo::new(
+            &relation(&["id", "payload"], ReplicaIdentity::Default),
+            vec![Kind::Text, Kind::Json],
+            &[],
+            Mode::Outbox,
+            &OutboxColumns::default(),
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("no column \"aggregatetype\""),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn headers_from_text_properties_and_json() {
+        assert_eq!(
+            headers_from(Some(&json!("traceparent=00-a-b-01\ntracestate=x=1"))),
+            BTreeMap::from([
+                ("traceparent".to_string(), "00-a-b-01".to_string()),
+                ("tracestate".to_string(), "x=1".to_string())
+            ])
+        );
+        assert_eq!(
+            headers_from(Some(
+                &json!({"traceparent": "00-a-b-01", "n": 1, "z": null})
+            )),
+            BTreeMap::from([
+                ("traceparent".to_string(), "00-a-b-01".to_string()),
+                ("n".to_string(), "1".to_string())
+            ])
+        );
+        assert!(headers_from(Some(&Value::Null)).is_empty());
+        assert!(headers_from(Some(&json!(""))).is_empty());
+    }
+
+    #[test]
+    fn message_mode_reads_the_outbox_writers_json() {
+        let s = stream(Mode::Message);
+        let content = br#"{"id":"0190d8e4-0f3c-7a6b-8c1d-2e3f4a5b6c7d","aggregatetype":"order","aggregateid":"123","type":"OrderCreated","payload":{"n":1},"tracingspancontext":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#;
+        let e = message_event(&s, &tx(), "outbox", content, "p".into()).unwrap();
+        assert_eq!(e.id, "0190d8e4-0f3c-7a6b-8c1d-2e3f4a5b6c7d");
+        assert_eq!(e.op, Op::Message);
+        assert_eq!(e.payload, json!({"n": 1}));
+        assert_eq!(e.source.collection, "outbox");
+        assert_eq!(e.headers.len(), 1);
+        assert_eq!(
+            message_event(&s, &tx(), "other", content, "p".into()).unwrap_err(),
+            MessageSkip::NotOurs
+        );
+        assert!(matches!(
+            message_event(&s, &tx(), "outbox", b"{\"type\":1}", "p".into()),
+            Err(MessageSkip::Invalid(why)) if why.contains("aggregatetype")
+        ));
+        assert!(matches!(
+            message_event(&s, &tx(), "outbox", b"nope", "p".into()),
+            Err(MessageSkip::Invalid(_))
+        ));
+        assert_eq!(
+            message_event(&stream(Mode::Outbox), &tx(), "outbox", content, "p".into()).unwrap_err(),
+            MessageSkip::NotOurs
+        );
+    }
+}
