@@ -29,14 +29,19 @@ pub(crate) async fn serve(
             let metrics = metrics.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match stream.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        debug!(error = %e, "admin request read failed");
-                        return;
+                // Read the request head; bodies are not expected.
+                let mut buf = [0u8; 4096];
+                let mut n = 0;
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf[n..]).await {
+                        Ok(0) => break,
+                        Ok(read) => n += read,
+                        Err(e) => {
+                            debug!(error = %e, "admin request read failed");
+                            return;
+                        }
                     }
-                };
+                }
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let mut words = request.split_whitespace();
                 let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));

@@ -188,9 +188,13 @@ impl Reader<'_> {
             }
         }
         let state = match table.remove("state") {
-            Some(value) => self
-                .component::<StateConfig>(&["state"], value)
-                .unwrap_or_default(),
+            Some(mut value) => {
+                if let Some(state) = value.as_table_mut() {
+                    state.entry("type").or_insert_with(|| "file".into());
+                }
+                self.component::<StateConfig>(&["state"], value)
+                    .unwrap_or_default()
+            }
             None => StateConfig::default(),
         };
         let metrics = table
