@@ -29,7 +29,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{debug, error, info, trace, warn};
 
@@ -296,6 +296,10 @@ impl Inner {
                         reason = %reason,
                         "kafka producer failed; replaced by a new one"
                     );
+                    // Fail whatever the old producer still holds, so none of it is written
+                    // after the retried batch.
+                    used.producer
+                        .purge(PurgeConfig::default().queue().inflight());
                     let old = std::mem::replace(
                         &mut *slot,
                         Handle {
