@@ -370,6 +370,22 @@ async fn tls_verify_full_with_the_test_ca() {
     assert_eq!(events[0].after, Some(json!({"id": 1})));
     source.stop().await.unwrap();
 
+    // The other modes connect too (verify-ca checks the chain against the test CA).
+    for mode in [
+        SslMode::Disable,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+    ] {
+        let mut other = c.clone();
+        other.url = db.url();
+        other.sslmode = Some(mode);
+        other.sslrootcert = Some(ca.clone().into());
+        check(&other)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {}", e.chain()));
+    }
+
     // Without the test CA the server's certificate is not trusted.
     c.url = url;
     c.sslmode = Some(SslMode::VerifyFull);
