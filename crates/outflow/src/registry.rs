@@ -97,7 +97,7 @@ impl SourceSpec {
             SourceSpec::Generate(config) => Box::new(GenerateSource::new(config)),
             #[cfg(feature = "postgres")]
             SourceSpec::Postgres(config) => {
-                Box::new(outflow_postgres::PostgresSource::new(config, pipeline))
+                Box::new(outflow_postgres::PostgresSource::new(config, pipeline)?)
             }
         })
     }
