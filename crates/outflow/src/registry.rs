@@ -53,6 +53,7 @@ fn unknown(role: &str, kind: &str, known: &[&str]) -> TypedError {
 
 /// A source's type and options.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // read once per pipeline at start
 pub(crate) enum SourceSpec {
     Generate(GenerateConfig),
     #[cfg(feature = "postgres")]
