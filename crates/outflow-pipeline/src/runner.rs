@@ -184,6 +184,8 @@ impl Pipeline {
             linger_deadline: None,
             next_seq: 0,
             committed: start,
+            commit_due: None,
+            last_commit: std::time::Instant::now(),
             report: RunReport::default(),
             retry: None,
         };
@@ -215,7 +217,11 @@ struct Runner {
     open_checkpoints: Vec<Checkpoint>,
     linger_deadline: Option<TokioInstant>,
     next_seq: u64,
+    /// Positions acknowledged, stored or about to be.
     committed: Checkpoints,
+    /// When `committed` holds positions not yet stored: when they will be.
+    commit_due: Option<TokioInstant>,
+    last_commit: std::time::Instant,
     report: RunReport,
     /// A scheduled resend: from which batch, and when.
     retry: Option<(u64, TokioInstant)>,
@@ -301,6 +307,9 @@ impl Runner {
                     );
                     break Stop::Requested;
                 }
+                _ = sleep_until(self.commit_due.unwrap_or(far)), if self.commit_due.is_some() => {
+                    self.persist().await?;
+                }
                 joined = &mut source_task, if source_result.is_none() => {
                     let result = joined.unwrap_or_else(|e| {
                         Err(Error::fatal("the source task panicked").with_source(e))
@@ -341,6 +350,9 @@ impl Runner {
                 }
                 self.commit(leading).await?;
             }
+        }
+        if self.commit_due.is_some() {
+            self.persist().await?;
         }
         // Ask the source to stop and give it the time to commit upstream. Closing the
         // intake wakes a source blocked on a full queue.
@@ -597,7 +609,7 @@ impl Runner {
         }
     }
 
-    /// Stores the positions, then hands them to the source.
+    /// Takes acknowledged positions; they are stored within the commit interval.
     async fn commit(&mut self, checkpoints: Vec<Checkpoint>) -> Result<()> {
         let mut changed = false;
         for cp in checkpoints {
@@ -609,6 +621,19 @@ impl Runner {
         if !changed {
             return Ok(());
         }
+        let interval = self.settings.commit_interval;
+        if self.last_commit.elapsed() >= interval {
+            return self.persist().await;
+        }
+        if self.commit_due.is_none() {
+            self.commit_due = Some(TokioInstant::from_std(self.last_commit + interval));
+        }
+        Ok(())
+    }
+
+    /// Stores the acknowledged positions, then hands them to the source.
+    async fn persist(&mut self) -> Result<()> {
+        self.commit_due = None;
         let mut backoff = Backoff::new(self.settings.retry.clone());
         loop {
             match self.store.save(&self.name, &self.committed).await {
@@ -623,6 +648,7 @@ impl Runner {
                 Err(e) => return Err(e),
             }
         }
+        self.last_commit = std::time::Instant::now();
         debug!(positions = ?self.committed, "checkpoint committed");
         self.meters.commits.increment(1);
         self.handle.committed.send_replace(self.committed.clone());

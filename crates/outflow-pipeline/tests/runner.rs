@@ -159,6 +159,7 @@ fn settings(max_events: usize, window: usize) -> PipelineSettings {
     s.batch.linger = Duration::from_millis(2);
     s.window = window;
     s.intake = 16;
+    s.commit_interval = Duration::ZERO;
     s.retry = RetrySettings {
         initial: Duration::from_millis(5),
         max: Duration::from_millis(50),
@@ -236,6 +237,30 @@ async fn out_of_order_acks_commit_only_acknowledged_prefixes() {
         (1..=500).collect::<Vec<_>>()
     );
     assert_eq!(sink.acked(), (1..=500).collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_coalesced_within_the_commit_interval() {
+    let sink = Arc::new(ScriptSink {
+        ack_delay: Some(|_| Duration::from_millis(2)),
+        ..Default::default()
+    });
+    let mut s = settings(10, 4);
+    s.commit_interval = Duration::from_millis(200);
+    let (result, store) = run(sink.clone(), s, generate(300)).await;
+    let report = result.unwrap();
+    assert_eq!(report.committed[""], "300");
+    let saves = store.saves.lock().unwrap().clone();
+    assert_eq!(
+        saves.last(),
+        Some(&300),
+        "the last position is stored at the end"
+    );
+    assert!(saves.len() < 15, "30 batches, far fewer commits: {saves:?}");
+    assert_eq!(
+        store.violations.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
