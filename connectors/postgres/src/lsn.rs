@@ -39,12 +39,14 @@ impl FromStr for Lsn {
     }
 }
 
+#[cfg(feature = "source")]
 impl From<pgwire_replication::Lsn> for Lsn {
     fn from(lsn: pgwire_replication::Lsn) -> Self {
         Lsn(lsn.0)
     }
 }
 
+#[cfg(feature = "source")]
 impl From<Lsn> for pgwire_replication::Lsn {
     fn from(lsn: Lsn) -> Self {
         pgwire_replication::Lsn(lsn.0)

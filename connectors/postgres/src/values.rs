@@ -256,7 +256,7 @@ pub fn to_json(kind: &Kind, text: &str) -> Result<Value, ValueError> {
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let digits = hex.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {
