@@ -15,6 +15,8 @@ use outflow_core::{Envelope, Error, Format, HeaderStyle, Template};
 pub(crate) const CONTENT_TYPE: &str = "Content-Type";
 /// The header carrying the reason on a dead-lettered message.
 pub(crate) const ERROR_HEADER: &str = "outflow-error";
+/// The header naming the envelope fields left out of a dead letter too large to send whole.
+pub(crate) const OMITTED_HEADER: &str = "outflow-omitted";
 
 /// A message ready to publish.
 #[derive(Debug)]
@@ -144,21 +146,77 @@ pub(crate) fn encode(
 /// The dead-letter message of an event: the envelope as JSON, `Nats-Msg-Id` =
 /// `<id>:dlq`, and the reason in `outflow-error` (line breaks turned into spaces, as
 /// header values cannot hold them).
+///
+/// An event is most often dead-lettered because it is larger than the server's
+/// `max_payload`, and then its whole envelope cannot be published either. In that case
+/// the dead letter carries the envelope with its data (`payload`, `key`, `before`,
+/// `after`, `headers`) emptied, and names the emptied fields in `outflow-omitted`: the
+/// id, aggregate, event type and source position still say which event failed and where
+/// to find it. Only when even that does not fit is it a per-event error.
 pub(crate) fn dead_letter_message(
     subject: String,
     event: &Envelope,
     reason: &str,
     max_payload: usize,
 ) -> Result<Message, Error> {
-    let body = serde_json::to_vec(event).map_err(|e| {
-        Error::per_event(format!("event {} cannot be serialized", event.id)).with_source(e)
-    })?;
-    let mut headers = HeaderMap::new();
     let reason: String = reason
         .chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
-    put_header(&mut headers, ERROR_HEADER, &reason, &event.id)?;
+    let whole = dead_letter_parts(event, &reason, None)?;
+    if fits(&whole.0, &whole.1, max_payload) {
+        return Ok(Message {
+            subject,
+            headers: whole.0,
+            body: Bytes::from(whole.1),
+        });
+    }
+    let mut slim = event.clone();
+    let mut omitted = Vec::new();
+    if !slim.payload.is_null() {
+        slim.payload = serde_json::Value::Null;
+        omitted.push("payload");
+    }
+    for (name, field) in [
+        ("key", &mut slim.key),
+        ("before", &mut slim.before),
+        ("after", &mut slim.after),
+    ] {
+        if field.take().is_some() {
+            omitted.push(name);
+        }
+    }
+    if !slim.headers.is_empty() {
+        slim.headers.clear();
+        omitted.push("headers");
+    }
+    let (headers, body) = dead_letter_parts(&slim, &reason, Some(&omitted.join(",")))?;
+    check_size(&headers, &body, max_payload, &event.id)?;
+    Ok(Message {
+        subject,
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+/// Whether headers and body fit within `max_payload` (0: no known limit).
+fn fits(headers: &HeaderMap, body: &[u8], max_payload: usize) -> bool {
+    max_payload == 0 || headers_wire_len(headers) + body.len() <= max_payload
+}
+
+fn dead_letter_parts(
+    event: &Envelope,
+    reason: &str,
+    omitted: Option<&str>,
+) -> Result<(HeaderMap, Vec<u8>), Error> {
+    let body = serde_json::to_vec(event).map_err(|e| {
+        Error::per_event(format!("event {} cannot be serialized", event.id)).with_source(e)
+    })?;
+    let mut headers = HeaderMap::new();
+    put_header(&mut headers, ERROR_HEADER, reason, &event.id)?;
+    if let Some(omitted) = omitted {
+        put_header(&mut headers, OMITTED_HEADER, omitted, &event.id)?;
+    }
     put_header(&mut headers, CONTENT_TYPE, "application/json", &event.id)?;
     put_header(
         &mut headers,
@@ -166,12 +224,7 @@ pub(crate) fn dead_letter_message(
         &format!("{}:dlq", event.id),
         &event.id,
     )?;
-    check_size(&headers, &body, max_payload, &event.id)?;
-    Ok(Message {
-        subject,
-        headers,
-        body: Bytes::from(body),
-    })
+    Ok((headers, body))
 }
 
 #[cfg(test)]
@@ -279,6 +332,32 @@ mod tests {
         assert_eq!(m.headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "e-1:dlq");
         assert_eq!(m.headers.get(ERROR_HEADER).unwrap().as_str(), "too big");
         let back: Envelope = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(back, event());
+        assert!(m.headers.get(OMITTED_HEADER).is_none());
+    }
+
+    #[test]
+    fn dead_letter_of_an_oversized_event_leaves_its_data_out() {
+        let mut ev = event();
+        ev.payload = json!({"blob": "x".repeat(5000)});
+        ev.after = Some(json!({"id": 1}));
+        let limit = 2048;
+        assert!(encode(&ev, &template(), Format::Envelope, limit).is_err());
+        let m = dead_letter_message("dlq".into(), &ev, "too big", limit).unwrap();
+        assert!(headers_wire_len(&m.headers) + m.body.len() <= limit);
+        assert_eq!(
+            m.headers.get(OMITTED_HEADER).unwrap().as_str(),
+            "payload,after,headers"
+        );
+        assert_eq!(m.headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "e-1:dlq");
+        let back: Envelope = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(back.id, "e-1");
+        assert_eq!(back.aggregate_type, "order");
+        assert_eq!(back.payload, serde_json::Value::Null);
+        assert_eq!(back.after, None);
+        assert!(back.headers.is_empty());
+
+        let err = dead_letter_message("dlq".into(), &ev, "too big", 100).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PerEvent);
     }
 }
