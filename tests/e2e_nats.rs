@@ -530,9 +530,18 @@ async fn oversized_event_is_dead_lettered_and_the_rest_delivered() {
         reason.contains(&big_id) && reason.contains("max_payload of 4096 bytes"),
         "reason: {reason}"
     );
+    // The envelope is over max_payload too: its data is left out, and the header says so.
+    let omitted = dead.headers.get("outflow-omitted").map(String::as_str);
+    assert!(
+        omitted.is_some_and(|o| o.split(',').any(|f| f == "payload")),
+        "outflow-omitted: {omitted:?}"
+    );
     let body = dead.json();
     assert_eq!(body["id"], big_id.as_str());
     assert_eq!(body["aggregate_type"], "order");
+    assert_eq!(body["event_type"], "Happened");
+    assert_eq!(body["payload"], serde_json::Value::Null);
+    assert!(body["source"]["position"].is_string());
     assert!(outflow.is_running(), "the pipeline goes on");
     assert_eq!(
         outflow.count_log("event dead-lettered"),

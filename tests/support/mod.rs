@@ -551,7 +551,8 @@ impl WriteReport {
             .collect()
     }
 
-    /// For each aggregate type, its committed event ids in commit order.
+    /// For each aggregate type, its committed event ids in commit order (by `seq`; dense
+    /// from 1 for the writers' own reports, with gaps where a test left events out).
     pub fn commit_order(&self) -> HashMap<String, Vec<String>> {
         let mut by_type: HashMap<String, Vec<&Written>> = HashMap::new();
         for w in &self.committed {
@@ -561,9 +562,10 @@ impl WriteReport {
             .into_iter()
             .map(|(t, mut ws)| {
                 ws.sort_by_key(|w| w.seq);
-                let seqs: Vec<i64> = ws.iter().map(|w| w.seq).collect();
-                let dense: Vec<i64> = (1..=ws.len() as i64).collect();
-                assert_eq!(seqs, dense, "commit numbers of {t} are not dense");
+                assert!(
+                    ws.windows(2).all(|p| p[0].seq < p[1].seq),
+                    "two events of {t} share a commit number"
+                );
                 (t, ws.iter().map(|w| w.id.to_string()).collect())
             })
             .collect()
