@@ -147,6 +147,12 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- tansu log (last 30 lines) ----\n{}\n---- end of tansu log ----",
+                self.log_tail()
+            );
+        }
         // A frozen broker is thawed first so that the guard's SIGKILL and wait are prompt.
         let _ = Command::new("kill")
             .arg("-CONT")
@@ -561,6 +567,12 @@ async fn outbox_table(db: &TestDb) {
         .expect("create the outbox table");
 }
 
+/// The slot's `confirmed_flush_lsn`, 0 when it has none yet.
+async fn confirmed_lsn(client: &tokio_postgres::Client, slot: &str) -> u64 {
+    let state = slot_state(client, slot).await;
+    state.and_then(|(lsn, _)| lsn).unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------
@@ -925,14 +937,24 @@ async fn sigkill_mid_stream_and_restart_loses_nothing_and_replays_only_suffixes_
         7,
         Duration::from_millis(15),
     );
+    let client = setup.db.connect().await;
     let mut delivered = 0;
     for kill in 1..=KILLS {
+        // Each run delivers and confirms some of the stream before it is killed, so the
+        // restart resumes from a confirmed position in the middle of the stream.
+        let at_start = confirmed_lsn(&client, &slot).await;
         let want = delivered + 150;
         delivered = wait_for_messages(&brokers, &topics, want, Duration::from_secs(60)).await;
         assert!(
             delivered >= want,
             "crash {kill}: only {delivered} messages before the deadline, expected {want}"
         );
+        support::wait_for(
+            "the slot to confirm a position past where this run started",
+            Duration::from_secs(60),
+            || async { confirmed_lsn(&client, &slot).await > at_start },
+        )
+        .await;
         assert!(
             outflow.is_running(),
             "outflow exited: {:?}",
@@ -941,8 +963,8 @@ async fn sigkill_mid_stream_and_restart_loses_nothing_and_replays_only_suffixes_
         let committed = writers.committed();
         let status = outflow.kill();
         eprintln!(
-            "crash {kill}: SIGKILL ({status}) after {delivered} messages read, {committed} \
-             events committed"
+            "crash {kill}: SIGKILL ({status}) after at least {delivered} messages were read \
+             and the slot moved, {committed} events committed"
         );
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(
