@@ -45,7 +45,7 @@ cargo fuzz run decode --sanitizer none "$work" corpus/decode -- \
 rc=${PIPESTATUS[0]}
 set -e
 if ((rc)); then
-    echo "[fuzz] cargo fuzz failed (exit $rc): a build error, or a crash whose input and panic are above" >&2
+    echo "[fuzz] cargo fuzz failed (exit $rc): a build error, or a crash (input above)" >&2
 else
     echo "[fuzz] decode ran ${secs}s without a crash; $(find "$work" -type f | wc -l) new inputs"
 fi
