@@ -360,6 +360,16 @@ impl Runner {
         self.handle.items.close();
         if source_result.is_none() {
             match tokio::time::timeout(SOURCE_STOP_TIMEOUT, &mut source_task).await {
+                // The source ended by itself and its closed intake was seen before its
+                // result: it failed, it did not drain. Report it like any source failure.
+                Ok(Ok(Err(e))) if matches!(outcome, Stop::Drained) => {
+                    self.meters.error(e.kind());
+                    return Err(e);
+                }
+                Ok(Err(e)) if matches!(outcome, Stop::Drained) => {
+                    self.meters.error(ErrorKind::Fatal);
+                    return Err(Error::fatal("the source task panicked").with_source(e));
+                }
                 Ok(Ok(Err(e))) => {
                     debug!(error = %e.chain(), "source ended with an error while stopping");
                 }

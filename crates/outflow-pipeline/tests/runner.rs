@@ -503,3 +503,32 @@ async fn fatal_sink_error_stops_without_committing() {
     );
     assert!(store.saves.lock().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_fails_at_once_fails_the_pipeline() {
+    // The source returns its error as it drops its side of the intake, so the runner sees
+    // the closed intake and the finished task together; the error must not be lost.
+    struct Failing;
+    #[async_trait]
+    impl ChangeSource for Failing {
+        async fn run(&mut self, _ctx: SourceContext) -> Result<()> {
+            Err(Error::fatal(
+                "slot belongs to another database; choose another slot",
+            ))
+        }
+    }
+    for _ in 0..20 {
+        let (result, _) = run(
+            Arc::new(ScriptSink::default()),
+            settings(10, 2),
+            Box::new(Failing),
+        )
+        .await;
+        let err = result.expect_err("a failed source fails the pipeline");
+        assert_eq!(err.kind(), ErrorKind::Fatal);
+        assert_eq!(
+            err.to_string(),
+            "slot belongs to another database; choose another slot"
+        );
+    }
+}
