@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use outflow_core::Secret;
 use outflow_core::{Error, Format, Template};
 use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Deserializer};
@@ -221,35 +222,6 @@ impl SecurityProtocol {
             SecurityProtocol::SaslPlaintext => "sasl_plaintext",
             SecurityProtocol::SaslSsl => "sasl_ssl",
         }
-    }
-}
-
-/// A secret string: its `Debug` and `Display` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
     }
 }
 

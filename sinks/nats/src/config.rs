@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
+pub use outflow_core::Secret;
 use outflow_core::{duration, Error, Format, Template};
 use serde::Deserialize;
 
@@ -40,36 +41,6 @@ fn default_max_pending() -> usize {
 
 fn default_duplicate_window() -> Duration {
     DEFAULT_DUPLICATE_WINDOW
-}
-
-/// A secret string (token, password, nkey seed). It never prints: `Debug` and `Display`
-/// show `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value. Pass it to the client; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// Configuration of the `nats` sink (the `[pipelines.<name>.sink]` table without `type`).
