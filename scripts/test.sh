@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: start the local test services, then run every test of the workspace once.
 #
-#   scripts/test.sh              cargo test --workspace --all-targets, then the doc tests
+#   scripts/test.sh              cargo test --workspace --all-targets --no-fail-fast, then
+#                                the doc tests
 #   scripts/test.sh ARGS...      cargo test ARGS... (for example: -p outflow-testkit)
 #
 # Services that were already running are kept running. Those this script started are
@@ -44,9 +45,10 @@ rc=0
 if [[ $# -gt 0 ]]; then
     cargo test "$@" || rc=$?
 else
+    # --no-fail-fast: one failing test binary must not hide the results of the others.
     echo "[test] cargo test --workspace --all-targets (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo test --workspace --all-targets || rc=$?
+    cargo test --workspace --all-targets --no-fail-fast || rc=$?
     echo "[test] cargo test --workspace --doc"
-    cargo test --workspace --doc || { r=$?; ((rc)) || rc=$r; }
+    cargo test --workspace --doc --no-fail-fast || { r=$?; ((rc)) || rc=$r; }
 fi
 exit "$rc"
