@@ -620,7 +620,22 @@ async fn oversized_event_with_on_error_fail_stops_before_its_transaction() {
         DELIVERY,
     )
     .await;
-    assert!(has_all_ids(&before_ids)(&msgs), "events before it arrived");
+    let seen: std::collections::HashSet<&str> =
+        msgs.iter().filter_map(|m| m.msg_id.as_deref()).collect();
+    let missing: Vec<&String> = before_ids
+        .iter()
+        .filter(|id| !seen.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of the {} events committed before the oversized one are not in the stream \
+         (read {} messages, the stream holds {:?}), e.g. {:?}",
+        missing.len(),
+        before_ids.len(),
+        msgs.len(),
+        stream_messages(&nats.url(), &names.stream).await,
+        &missing[..missing.len().min(5)]
+    );
     assert!(msgs
         .iter()
         .all(|m| m.msg_id.as_deref() != Some(big_id.as_str())));
