@@ -267,7 +267,9 @@ impl NatsSink {
                         for subject in subjects.iter().filter(|s| !existing.contains(s)) {
                             if stream::stream_for_subject(&js, subject).await?.is_none() {
                                 return Err(Error::fatal(format!(
-                                    "stream {name:?} exists with subjects {existing:?}, which                                      do not capture {subject:?}; add it to the stream (`nats                                      stream edit {name} --subjects ...`) or change `subject`"
+                                    "stream {name:?} exists with subjects {existing:?}, which do \
+                                     not capture {subject:?}; add it to the stream (`nats \
+                                     stream edit {name} --subjects ...`) or change `subject`"
                                 )));
                             }
                         }

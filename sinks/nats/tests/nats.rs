@@ -738,3 +738,33 @@ async fn tls_with_a_private_ca() {
     assert_eq!(err.kind(), ErrorKind::Fatal);
     assert!(err.to_string().contains("cannot read `tls_ca`"), "{err}");
 }
+
+#[tokio::test]
+async fn an_existing_stream_without_the_subjects_is_fatal_and_says_what_to_change() {
+    let prefix = unique_name("elsewhere");
+    let stream = unique_name("OTHER");
+    js_for(nats_url())
+        .await
+        .create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{prefix}_other.*")],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let mut config = shared_config(&prefix);
+    config.stream = Some(stream.clone());
+    let err = NatsSink::connect(config, "orders")
+        .await
+        .expect_err("the stream does not capture the subjects");
+    js_for(nats_url()).await.delete_stream(&stream).await.ok();
+    assert_eq!(err.kind(), ErrorKind::Fatal);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "stream {stream:?} exists with subjects [\"{prefix}_other.*\"], which do not capture \
+             \"{prefix}.*\"; add it to the stream (`nats stream edit {stream} --subjects ...`) \
+             or change `subject`"
+        )
+    );
+}
