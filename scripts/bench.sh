@@ -18,6 +18,7 @@
 # results (one JSON line per measurement) go to .state/bench/results-<time>.jsonl.
 # A stage that fails stops the script with a non-zero exit; a slow number never does.
 #
+# OUTFLOW_BENCH_BIN=PATH uses an outflow-bench binary built before (to compare builds).
 # Services come from scripts/services.sh (OUTFLOW_SERVICES_DIR chooses a private set);
 # those this script starts are stopped at the end when OUTFLOW_STOP_SERVICES=1.
 set -euo pipefail
@@ -126,12 +127,18 @@ PSQL=("$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h "$OUTFLOW_TEST_PG_HOST" -p "$OUTFL
     -U postgres)
 
 # --- harness ---------------------------------------------------------------------------------
-log "building outflow-bench ($PROFILE)"
-(cd "$REPO" && cargo build -q --profile "$PROFILE" -p outflow-bench) >&2
-case "$PROFILE" in
-    dev) BENCH="$CARGO_TARGET_DIR/debug/outflow-bench" ;;
-    *) BENCH="$CARGO_TARGET_DIR/$PROFILE/outflow-bench" ;;
-esac
+# OUTFLOW_BENCH_BIN runs a harness built earlier (to compare two builds) instead.
+if [[ -n "${OUTFLOW_BENCH_BIN:-}" ]]; then
+    BENCH="$OUTFLOW_BENCH_BIN"
+    log "using the harness $BENCH"
+else
+    log "building outflow-bench ($PROFILE)"
+    (cd "$REPO" && cargo build -q --profile "$PROFILE" -p outflow-bench) >&2
+    case "$PROFILE" in
+        dev) BENCH="$CARGO_TARGET_DIR/debug/outflow-bench" ;;
+        *) BENCH="$CARGO_TARGET_DIR/$PROFILE/outflow-bench" ;;
+    esac
+fi
 [[ -x "$BENCH" ]] || die "no harness binary at $BENCH"
 
 OUT_DIR="$REPO/.state/bench"

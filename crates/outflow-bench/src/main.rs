@@ -33,6 +33,10 @@ use crate::sinks::{SinkArgs, SinkKind};
 /// How long a drain may take before it is called stuck: far beyond any size bench.sh
 /// writes on this machine, short enough that a broken run does not hang CI.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1800);
+/// The allocator of the outflow binary (see crates/outflow/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How often histogram samples are folded, as a Prometheus scrape would.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// How long the lag run waits for the last events after the writers finished.
