@@ -83,6 +83,10 @@ impl std::fmt::Debug for NatsSink {
 /// unreadable files and TLS failures are fatal.
 pub(crate) async fn connect_client(config: &NatsConfig, pipeline: &str) -> Result<Client> {
     config.validate()?;
+    // When several rustls crypto backends are compiled into one program (the Postgres
+    // source brings aws-lc-rs, async-nats ring), rustls cannot pick one by itself and TLS
+    // connections fail. Install ring unless the process already chose a provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let addrs = config.server_addrs()?;
     let url = config.redacted_url();
 
