@@ -253,6 +253,8 @@ fn read_until(
         .set("heartbeat.interval.ms", "1000")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // An out-of-range fetch must not silently jump to the end of a partition.
+        .set("auto.offset.reset", "error")
         .create()
         .expect("consumer");
     let mut list = TopicPartitionList::new();
@@ -702,6 +704,30 @@ fn assert_exact_order(received: &[Received], ledger: &Ledger, what: &str) {
             "{what}: order of key {key}"
         );
     }
+}
+
+/// Per key, the first occurrence of each event is in commit order and every event is there;
+/// any later copy is a duplicate. This is what at-least-once with per-key order promises when
+/// a failed batch is sent again while copies of it may still be written by the broker (a
+/// request that timed out on the client's side but sat in the frozen broker's socket): the
+/// copies interleave, but no event appears before an earlier one of its key was written.
+/// Returns the number of duplicate messages.
+fn assert_first_occurrences_in_order(received: &[Received], ledger: &Ledger, what: &str) -> usize {
+    let got = ids_per_key(received, ledger, what);
+    let expected = ledger.per_key();
+    assert_eq!(got.len(), expected.len(), "{what}: number of keys");
+    let mut duplicates = 0;
+    for (key, ids) in &expected {
+        let mut seen = BTreeSet::new();
+        let first: Vec<&str> = got[*key]
+            .iter()
+            .copied()
+            .filter(|id| seen.insert(*id))
+            .collect();
+        duplicates += got[*key].len() - first.len();
+        assert_eq!(&first, ids, "{what}: first occurrences of key {key}");
+    }
+    duplicates
 }
 
 /// Per key, after `restarts` crashes: what a key's partition holds is one contiguous run of
@@ -1193,6 +1219,101 @@ async fn outflow_postgres_flags_stream_to_kafka() {
     );
     eprintln!(
         "{} events; test took {:?}",
+        ledger.committed.len(),
+        started.elapsed()
+    );
+}
+
+/// The broker frozen for longer than the sink's `message_timeout_ms` (4 s here, 12 s of
+/// freeze): deliveries time out, the batches fail as transient errors and are sent again
+/// with backoff until the broker answers, the binary keeps running, the slot never confirms
+/// an event written during the freeze before the broker acknowledged it, and afterwards
+/// every committed event is there, the first copy of each in commit order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_frozen_past_the_delivery_timeout_is_retried_until_everything_arrives() {
+    let started = Instant::now();
+    let setup = Setup::new("e2e_kafka_timeout").await;
+    let brokers = setup.broker.brokers();
+    let topics = topics("outbox.event.", &TYPES);
+    create_topics(&brokers, &topics).await;
+    let slot = unique_name("timeout");
+    let mut outflow =
+        Outflow::with_config(&setup.config(&[("orders", &slot, "message_timeout_ms = 4000")]));
+    setup.start(&mut outflow, &[&slot]).await;
+    let client = setup.db.connect().await;
+
+    let before = Writers::start(&setup.db.url(), 3, 3, &TYPES, 10, 6, Duration::ZERO)
+        .finish()
+        .await;
+    let got = read_all(&brokers, &topics, &before.committed_ids()).await;
+    assert_exact_ids(&got, &before, "before the freeze");
+
+    setup.broker.freeze();
+    let frozen_at = Instant::now();
+    let monitor = SlotMonitor::start(&setup.db.url(), &slot);
+    let during = Writers::start(
+        &setup.db.url(),
+        3,
+        3,
+        &TYPES,
+        30,
+        6,
+        Duration::from_millis(40),
+    )
+    .finish()
+    .await;
+    let freeze = Duration::from_secs(12);
+    tokio::time::sleep(freeze.saturating_sub(frozen_at.elapsed())).await;
+    assert!(
+        outflow.is_running(),
+        "outflow exited: {:?}",
+        outflow.exit_status()
+    );
+    let samples = monitor.stop();
+    setup.broker.thaw();
+
+    let during_ids = during.committed_ids();
+    let mut ledger = before;
+    ledger.merge(during);
+    let received = read_all(&brokers, &topics, &ledger.committed_ids()).await;
+    assert!(
+        outflow.is_running(),
+        "outflow exited: {:?}",
+        outflow.exit_status()
+    );
+    assert_exact_ids(&received, &ledger, "after the freeze");
+    // The timeout path was taken: batches failed transiently and were sent again.
+    let resends = outflow.count_log("sink failed transiently; will resend");
+    let replaced = outflow.count_log("kafka producer failed; replaced by a new one");
+    eprintln!(
+        "{} messages for {} events; {resends} transient batch failures, {replaced} producer \
+         replacements",
+        received.len(),
+        ledger.committed.len()
+    );
+    assert!(
+        resends > 0,
+        "no batch failed while the broker was frozen past the timeout"
+    );
+    let duplicates = assert_first_occurrences_in_order(&received, &ledger, "after the freeze");
+    let first_commit = received
+        .iter()
+        .filter(|r| during_ids.contains(r.id()))
+        .map(|r| commit_lsn(&r.json()))
+        .min()
+        .expect("events written while frozen");
+    let highest = samples.iter().map(|s| s.confirmed).max().unwrap_or(0);
+    assert!(
+        highest <= first_commit,
+        "confirmed_flush_lsn reached {} while the broker was frozen, past the commit of the \
+         first event written during the freeze ({})",
+        support::format_lsn(highest),
+        support::format_lsn(first_commit)
+    );
+    let status = outflow.terminate(STOP_TIMEOUT).await;
+    assert!(status.success(), "a graceful stop exits 0: {status}");
+    eprintln!(
+        "{} events, {duplicates} duplicates; test took {:?}",
         ledger.committed.len(),
         started.elapsed()
     );
