@@ -1296,11 +1296,20 @@ async fn a_broker_frozen_past_the_delivery_timeout_is_retried_until_everything_a
         "no batch failed while the broker was frozen past the timeout"
     );
     let duplicates = assert_first_occurrences_in_order(&received, &ledger, "after the freeze");
-    let first_commit = received
+    let commits: Vec<u64> = received
         .iter()
         .filter(|r| during_ids.contains(r.id()))
         .map(|r| commit_lsn(&r.json()))
+        .collect();
+    let first_commit = commits
+        .iter()
+        .copied()
         .min()
+        .expect("events written while frozen");
+    let last_commit = commits
+        .iter()
+        .copied()
+        .max()
         .expect("events written while frozen");
     let highest = samples.iter().map(|s| s.confirmed).max().unwrap_or(0);
     assert!(
@@ -1310,6 +1319,12 @@ async fn a_broker_frozen_past_the_delivery_timeout_is_retried_until_everything_a
         support::format_lsn(highest),
         support::format_lsn(first_commit)
     );
+    support::wait_for(
+        "the slot to confirm the events written during the freeze",
+        Duration::from_secs(60),
+        || async { confirmed_lsn(&client, &slot).await > last_commit },
+    )
+    .await;
     let status = outflow.terminate(STOP_TIMEOUT).await;
     assert!(status.success(), "a graceful stop exits 0: {status}");
     eprintln!(
