@@ -113,20 +113,31 @@ impl RelationInfo {
         })
     }
 
-    fn key_of(&self, row: &Map<String, Value>) -> (Value, String) {
+    /// The key columns of a row image, as a JSON object.
+    fn key_of(&self, row: &Map<String, Value>) -> Value {
         let mut key = Map::new();
-        let mut parts = Vec::with_capacity(self.key.len());
         for &i in &self.key {
             let name = &self.columns[i].0;
-            let value = row.get(name).cloned().unwrap_or(Value::Null);
-            parts.push(match &value {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            });
-            key.insert(name.clone(), value);
+            key.insert(name.clone(), row.get(name).cloned().unwrap_or(Value::Null));
         }
-        (Value::Object(key), parts.join(":"))
+        Value::Object(key)
+    }
+
+    /// The key of a row image as text: the key columns in key order, joined with `:`
+    /// (strings as they are, null as nothing, other values as JSON).
+    fn key_text(&self, row: &Map<String, Value>) -> String {
+        let mut text = String::new();
+        for (n, &i) in self.key.iter().enumerate() {
+            if n > 0 {
+                text.push(':');
+            }
+            match row.get(&self.columns[i].0) {
+                Some(Value::String(s)) => text.push_str(s),
+                None | Some(Value::Null) => {}
+                Some(other) => text.push_str(&other.to_string()),
+            }
+        }
+        text
     }
 }
 
@@ -171,8 +182,42 @@ impl StreamInfo {
 }
 
 /// The position of a change: `<commit lsn>/<change lsn>/<index in transaction>`.
+///
+/// Written digit by digit: it is rendered for every change, and `format!` cost as much
+/// as a tenth of a drain's instructions (docs/benchmarks.md).
 pub(crate) fn position(tx: &TxInfo, change_lsn: Lsn, index: u64) -> String {
-    format!("{}/{}/{}", tx.commit_lsn, change_lsn, index)
+    let mut out = String::with_capacity(48);
+    push_lsn(&mut out, tx.commit_lsn);
+    out.push('/');
+    push_lsn(&mut out, change_lsn);
+    out.push('/');
+    push_digits(&mut out, index, 10);
+    out
+}
+
+/// Appends an LSN as `X/Y` in uppercase hexadecimal, as [`Lsn`]'s `Display` does.
+fn push_lsn(out: &mut String, lsn: Lsn) {
+    push_digits(out, lsn.0 >> 32, 16);
+    out.push('/');
+    push_digits(out, lsn.0 & 0xFFFF_FFFF, 16);
+}
+
+/// Appends `value` in base 10 or 16 (uppercase), without leading zeros.
+fn push_digits(out: &mut String, mut value: u64, base: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = DIGITS[(value % base) as usize];
+        value /= base;
+        if value == 0 {
+            break;
+        }
+    }
+    for &digit in &buf[at..] {
+        out.push(char::from(digit));
+    }
 }
 
 /// A row change, decoded.
@@ -248,7 +293,7 @@ fn table_event(
         }
     };
     let (key, aggregate_id) = match (&after, &before) {
-        (Some(row), _) | (None, Some(row)) => rel.key_of(row),
+        (Some(row), _) | (None, Some(row)) => (rel.key_of(row), rel.key_text(row)),
         (None, None) => (Value::Null, String::new()),
     };
     let payload = after
@@ -357,7 +402,7 @@ fn outbox_event(
     });
     let payload = column(index.payload).cloned().unwrap_or(Value::Null);
     let headers = headers_from(index.tracing.and_then(column));
-    let (key, _) = rel.key_of(&row);
+    let key = rel.key_of(&row);
     let mut source = stream.source(&rel.collection, position, tx);
     source.unchanged_columns = unchanged;
     Ok(Envelope {
@@ -492,6 +537,27 @@ mod tests {
                     type_modifier: -1,
                 })
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn positions_match_the_formatted_text() {
+        for (commit, change, index) in [
+            (0u64, 0u64, 0u64),
+            (0x16B3748, 0x16B3700, 2),
+            (u64::MAX, u64::MAX - 1, u64::MAX),
+            (0x1_0000_0000, 0xFFFF_FFFF, 10),
+            (0xABCD_EF01_2345_6789, 0x10, 1_000_000),
+        ] {
+            let tx = TxInfo {
+                commit_lsn: Lsn(commit),
+                xid: 1,
+                commit_time: pg_time(0),
+            };
+            assert_eq!(
+                position(&tx, Lsn(change), index),
+                format!("{}/{}/{index}", Lsn(commit), Lsn(change))
+            );
         }
     }
 
