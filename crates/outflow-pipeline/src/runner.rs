@@ -388,6 +388,7 @@ impl Runner {
     }
 
     async fn take_items(&mut self, buf: &mut Vec<SourceItem>) -> Result<()> {
+        let received_before = self.report.received;
         for item in buf.drain(..) {
             match item {
                 SourceItem::Event(event) => {
@@ -398,7 +399,6 @@ impl Runner {
                     self.open_bytes += event.approx_size();
                     self.open.push(*event);
                     self.report.received += 1;
-                    self.meters.received.increment(1);
                 }
                 SourceItem::Checkpoint(cp) => {
                     if !self.open.is_empty() {
@@ -411,13 +411,17 @@ impl Runner {
                 }
             }
         }
+        self.meters
+            .received
+            .increment(self.report.received - received_before);
         Ok(())
     }
 
     /// Sends the open batch.
     async fn flush(&mut self) -> Result<()> {
         self.linger_deadline = None;
-        let events: Arc<[Envelope]> = std::mem::take(&mut self.open).into();
+        // Moved out with one allocation; `open` keeps its capacity for the next batch.
+        let events: Arc<[Envelope]> = self.open.drain(..).collect();
         self.open_bytes = 0;
         let checkpoints = std::mem::take(&mut self.open_checkpoints);
         if events.is_empty() {

@@ -15,8 +15,9 @@ pub const DEFAULT_BATCH_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
 /// Batches in flight at once: enough to hide a broker round trip behind the next send.
 pub const DEFAULT_WINDOW: usize = 8;
-/// Items the source may queue ahead of batching.
-pub const DEFAULT_INTAKE: usize = 4096;
+/// Items the source may queue ahead of batching: two batches keep the runner fed, and
+/// every queued envelope counts against the memory bound (docs/benchmarks.md).
+pub const DEFAULT_INTAKE: usize = 1024;
 /// How long shutdown waits for in-flight acknowledgements.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry delay after a transient error.
