@@ -1333,3 +1333,74 @@ async fn a_broker_frozen_past_the_delivery_timeout_is_retried_until_everything_a
         started.elapsed()
     );
 }
+
+/// SIGTERM while the broker is frozen and events are in flight: the binary waits
+/// `shutdown_timeout` for acknowledgements that cannot come, exits 0 without confirming
+/// the unacknowledged events, and a restart once the broker is back delivers all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_the_broker_is_frozen_exits_cleanly_and_the_restart_delivers() {
+    let started = Instant::now();
+    let setup = Setup::new("e2e_kafka_term").await;
+    let brokers = setup.broker.brokers();
+    let topics = topics("outbox.event.", &TYPES);
+    create_topics(&brokers, &topics).await;
+    let slot = unique_name("term");
+    let config = setup.config(&[("orders", &slot, "")]).replacen(
+        "[pipelines.orders]\n",
+        "[pipelines.orders]\nshutdown_timeout = \"3s\"\n",
+        1,
+    );
+    let mut outflow = Outflow::with_config(&config);
+    setup.start(&mut outflow, &[&slot]).await;
+    let client = setup.db.connect().await;
+
+    let before = Writers::start(&setup.db.url(), 2, 2, &TYPES, 10, 0, Duration::ZERO)
+        .finish()
+        .await;
+    let got = read_all(&brokers, &topics, &before.committed_ids()).await;
+    assert_exact_ids(&got, &before, "before the freeze");
+
+    setup.broker.freeze();
+    let during = Writers::start(&setup.db.url(), 2, 2, &TYPES, 10, 0, Duration::ZERO)
+        .finish()
+        .await;
+    // Let the binary read them and send them to the frozen broker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = Instant::now();
+    let status = outflow.terminate(STOP_TIMEOUT).await;
+    let took = asked.elapsed();
+    eprintln!("SIGTERM with a frozen broker: {status} after {took:?}");
+    assert!(
+        status.success(),
+        "a stop with unacknowledged events still exits 0: {status}"
+    );
+    let confirmed = confirmed_lsn(&client, &slot).await;
+    setup.broker.thaw();
+
+    let during_ids = during.committed_ids();
+    let mut ledger = before;
+    ledger.merge(during);
+    outflow.start();
+    let received = read_all(&brokers, &topics, &ledger.committed_ids()).await;
+    assert_exact_ids(&received, &ledger, "after the restart");
+    assert_first_occurrences_in_order(&received, &ledger, "after the restart");
+    let first_commit = received
+        .iter()
+        .filter(|r| during_ids.contains(r.id()))
+        .map(|r| commit_lsn(&r.json()))
+        .min()
+        .expect("events written while frozen");
+    assert!(
+        confirmed <= first_commit,
+        "the stop confirmed {} although events committed at {} were never acknowledged",
+        support::format_lsn(confirmed),
+        support::format_lsn(first_commit)
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "shutdown_timeout is 3 s but the stop took {took:?}"
+    );
+    let status = outflow.terminate(STOP_TIMEOUT).await;
+    assert!(status.success(), "a graceful stop exits 0: {status}");
+    eprintln!("test took {:?}", started.elapsed());
+}

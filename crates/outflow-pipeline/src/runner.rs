@@ -36,6 +36,11 @@ use crate::store::CheckpointStore;
 /// How long a source has to stop after the pipeline asked it to.
 const SOURCE_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long closing the sink may take once the shutdown timeout has passed: what is still
+/// unacknowledged is redelivered after a restart anyway, so waiting longer (a Kafka flush
+/// waits up to `message_timeout_ms`) would only hold up the exit.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Counts of what a pipeline did, returned when it stops cleanly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunReport {
@@ -380,8 +385,20 @@ impl Runner {
                 }
             }
         }
-        if let Err(e) = self.sink.close().await {
-            warn!(error = %e.chain(), "closing the sink failed");
+        // Closing waits for what the sink still holds, but never past the shutdown deadline
+        // (plus a grace to release connections).
+        let close_within = stopping
+            .map_or(self.settings.shutdown_timeout, |deadline| {
+                deadline.saturating_duration_since(TokioInstant::now())
+            })
+            .max(CLOSE_GRACE);
+        match tokio::time::timeout(close_within, self.sink.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e.chain(), "closing the sink failed"),
+            Err(_) => warn!(
+                waited_ms = close_within.as_millis() as u64,
+                "closing the sink timed out; unacknowledged events will be redelivered"
+            ),
         }
         self.report.committed = self.committed.clone();
         Ok(std::mem::take(&mut self.report))

@@ -31,6 +31,9 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 const EXIT_FAILURE: u8 = 1;
 /// Exit code for bad usage or configuration.
 const EXIT_USAGE: u8 = 2;
+/// How long the exit waits for blocking work still running once every pipeline has stopped
+/// and committed: what it would still finish is redelivered after a restart anyway.
+const RUNTIME_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Change data capture for the transactional outbox.
 #[derive(Debug, Parser)]
@@ -155,7 +158,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(dispatch(cli.command))
+    let code = runtime.block_on(dispatch(cli.command));
+    // Blocking work can outlive the pipelines (a Kafka flush abandoned at the shutdown
+    // timeout); dropping the runtime would wait for it.
+    runtime.shutdown_timeout(RUNTIME_EXIT_GRACE);
+    code
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
