@@ -255,6 +255,7 @@ impl PostgresSource {
             .await
             .map_err(stream_error)?;
         info!(slot = %self.config.slot, lsn = %start, "replication started");
+        ctx.set_ready();
         let stream = StreamInfo {
             pipeline: self.pipeline.clone(),
             database: prepared.database,

@@ -54,6 +54,7 @@ pub struct SourceContext {
     items: mpsc::Sender<SourceItem>,
     committed: watch::Receiver<Checkpoints>,
     shutdown: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
     start: Checkpoints,
 }
 
@@ -66,6 +67,8 @@ pub struct SourceHandle {
     pub committed: watch::Sender<Checkpoints>,
     /// Set to `true` to ask the source to stop.
     pub shutdown: watch::Sender<bool>,
+    /// Turns `true` once the source captures changes (see [`SourceContext::set_ready`]).
+    pub ready: watch::Receiver<bool>,
 }
 
 impl SourceContext {
@@ -75,17 +78,20 @@ impl SourceContext {
         let (items_tx, items_rx) = mpsc::channel(capacity.max(1));
         let (committed_tx, committed_rx) = watch::channel(start.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = watch::channel(false);
         let ctx = SourceContext {
             pipeline: Arc::from(pipeline),
             items: items_tx,
             committed: committed_rx,
             shutdown: shutdown_rx,
+            ready: ready_tx,
             start,
         };
         let handle = SourceHandle {
             items: items_rx,
             committed: committed_tx,
             shutdown: shutdown_tx,
+            ready: ready_rx,
         };
         (ctx, handle)
     }
@@ -93,6 +99,12 @@ impl SourceContext {
     /// The pipeline name, for event ids and `source.pipeline`.
     pub fn pipeline(&self) -> &str {
         &self.pipeline
+    }
+
+    /// Says the source is connected and capturing: every change committed upstream from
+    /// now on will be delivered. Health checks report the pipeline ready from then on.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
     }
 
     /// The positions stored for this pipeline when it started, by partition.

@@ -145,6 +145,7 @@ impl ChangeSource for GenerateSource {
             info!(after = start, "generate resuming");
         }
         let pipeline = ctx.pipeline().to_string();
+        ctx.set_ready();
         let began = Instant::now();
         let mut n = start;
         loop {

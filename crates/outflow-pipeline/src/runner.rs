@@ -63,6 +63,7 @@ pub struct Pipeline {
     source: Box<dyn ChangeSource>,
     sink: Arc<dyn EventSink>,
     store: Arc<dyn CheckpointStore>,
+    ready: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -146,7 +147,13 @@ impl Pipeline {
             source,
             sink,
             store,
+            ready: watch::channel(false).0,
         }
+    }
+
+    /// Turns `true` once the source reports that it captures changes (for `/readyz`).
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// The pipeline's name.
@@ -170,6 +177,15 @@ impl Pipeline {
             info!(positions = ?start, "resuming from stored checkpoint");
         }
         let (ctx, handle) = SourceContext::new(&self.name, self.settings.intake, start.clone());
+        let mut source_ready = handle.ready.clone();
+        let ready = self.ready;
+        tokio::spawn(async move {
+            if source_ready.wait_for(|r| *r).await.is_ok() {
+                ready.send_replace(true);
+                // Keep the sender until the source ends, so watchers see the final value.
+                let _ = source_ready.changed().await;
+            }
+        });
         let mut source = self.source;
         let source_task: JoinHandle<Result<()>> =
             tokio::spawn(async move { source.run(ctx).await }.in_current_span());

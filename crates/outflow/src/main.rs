@@ -391,7 +391,17 @@ async fn run(config: Config) -> ExitCode {
             store.clone(),
         ));
     }
-    ready.store(true, Ordering::Relaxed);
+    // Ready once every pipeline's source captures changes (a Postgres slot streams).
+    let mut watchers: Vec<_> = pipelines.iter().map(Pipeline::ready).collect();
+    tokio::spawn(async move {
+        for watcher in &mut watchers {
+            if watcher.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+        }
+        ready.store(true, Ordering::Relaxed);
+        info!("all pipelines capture changes; ready");
+    });
     match outflow_pipeline::run_pipelines(pipelines, stop).await {
         Ok(_) => ExitCode::SUCCESS,
         Err((name, e)) => failure(&name, &e),

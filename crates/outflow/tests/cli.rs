@@ -315,3 +315,102 @@ async fn metrics_and_health_are_served() {
         .expect("exited");
     assert_eq!(status.code(), Some(0));
 }
+
+/// `/readyz` turns 200 only once the Postgres slot streams: a change committed right
+/// after readiness is delivered.
+#[tokio::test]
+async fn readiness_means_changes_are_captured() {
+    use outflow_outbox::{OutboxEvent, OutboxTable};
+
+    let db = outflow_testkit::fresh_database("ready").await;
+    let mut client = db.connect().await;
+    let table = OutboxTable::new("outbox").unwrap();
+    outflow_outbox::ensure_table(&client, &table).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("events.jsonl");
+    let slot = outflow_testkit::unique_name("ready");
+    let port = free_port();
+    let mut child = ChildGuard::spawn(
+        outflow()
+            .args([
+                "postgres",
+                "--url",
+                &db.url(),
+                "--slot",
+                &slot,
+                "--publication",
+                &slot,
+            ])
+            .args(["--table", "public.outbox", "--pipeline", "ready"])
+            .arg("--to")
+            .arg(format!("file:{}", out_file.display()))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    outflow_testkit::wait_for_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let status = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body.split(' ').nth(1).unwrap_or("").to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status("/readyz").await != "200" {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        assert!(child.try_wait().unwrap().is_none(), "outflow exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The slot exists and is consistent: nothing committed from now on can be missed.
+    let consistent: bool = client
+        .query_one(
+            "SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(consistent, "ready before the slot is consistent");
+    let tx = client.transaction().await.unwrap();
+    let id = outflow_outbox::write(
+        &tx,
+        &table,
+        &OutboxEvent::new("order", "7", "OrderCreated", serde_json::json!({"n": 7})),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = read_lines(&out_file);
+        if !lines.is_empty() {
+            assert_eq!(lines.len(), 1);
+            assert_eq!(lines[0]["id"], id.to_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event after readiness never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.terminate().unwrap();
+    let exit = child
+        .wait_timeout(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("exited");
+    assert_eq!(exit.code(), Some(0));
+}
