@@ -36,6 +36,9 @@ pub enum SourceItem {
 /// - **Backpressure.** [`SourceContext::emit`] waits while the pipeline is full. A
 ///   source whose protocol needs upkeep (keepalives, iterator renewal) must keep doing
 ///   it while it waits, for example by selecting on [`SourceContext::reserve`].
+/// - **Readiness.** A source calls [`SourceContext::set_ready`] once every change
+///   committed upstream from then on is sure to be read (a Postgres slot is consistent);
+///   health checks report the pipeline ready from that moment.
 /// - **Shutdown.** When [`SourceContext::shutdown_requested`] resolves, the source
 ///   commits the last position it was given, releases its upstream and returns `Ok`.
 /// - **Errors.** Transient upstream errors (a lost connection) should be retried inside
