@@ -37,6 +37,9 @@ LAG_WARMUP=1
 PROFILE=release
 SINKS="blackhole nats kafka"
 ONLY="B1 B2 B3 B4 B5"
+# Longest a single stage (one drain, one lag or generate run) may take before it counts as
+# hung and fails the script.
+STAGE_TIMEOUT=1800
 
 usage() {
     sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -60,7 +63,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke)
             RUNS=1 BIG=2000 SMALL=400 GEN=2000 LAG_RATE=100 LAG_SECONDS=2 LAG_WARMUP=0
-            PROFILE=dev
+            PROFILE=dev STAGE_TIMEOUT=300
             ;;
         --runs) RUNS="$2"; shift ;;
         --big) BIG="$2"; shift ;;
@@ -209,7 +212,7 @@ now_ns() { date +%s%N; }
 recvlogical() {
     local t0 t1 secs
     t0="$(now_ns)"
-    "$PG_BIN/pg_recvlogical" -d "$DB_URL" --slot "$2" --start --no-loop --endpos "$4" \
+    timeout "$STAGE_TIMEOUT" "$PG_BIN/pg_recvlogical" -d "$DB_URL" --slot "$2" --start --no-loop --endpos "$4" \
         -o proto_version=1 -o "publication_names=$PUB" -f /dev/null \
         || die "pg_recvlogical failed on slot $2"
     t1="$(now_ns)"
@@ -221,7 +224,7 @@ recvlogical() {
 # outflow_drain SCENARIO SLOT EVENTS SINK
 outflow_drain() {
     local out
-    out="$("$BENCH" drain --pg-url "$DB_URL" --slot "$2" --publication "$PUB" \
+    out="$(timeout "$STAGE_TIMEOUT" "$BENCH" drain --pg-url "$DB_URL" --slot "$2" --publication "$PUB" \
         --expect "$3" --sink "$4")" || die "outflow drain to $4 failed on slot $2"
     record "$1" "$out"
 }
@@ -268,7 +271,7 @@ if wants B4; then
             slot="lag_${sink}_$run"
             create_slot "$slot"
             log "lag: $sink, run $run/$RUNS, $LAG_RATE tx/s for ${LAG_SECONDS}s"
-            out="$("$BENCH" lag --pg-url "$DB_URL" --slot "$slot" --publication "$PUB" \
+            out="$(timeout "$STAGE_TIMEOUT" "$BENCH" lag --pg-url "$DB_URL" --slot "$slot" --publication "$PUB" \
                 --rate "$LAG_RATE" --seconds "$LAG_SECONDS" --warmup-seconds "$LAG_WARMUP" \
                 --sink "$sink")" || die "lag run to $sink failed"
             record lag "$out"
@@ -281,7 +284,7 @@ if wants B5; then
     for ((run = 1; run <= RUNS; run++)); do
         for sink in $SINKS; do
             log "generate: $sink, run $run/$RUNS, $GEN events"
-            out="$("$BENCH" generate --count "$GEN" --sink "$sink")" \
+            out="$(timeout "$STAGE_TIMEOUT" "$BENCH" generate --count "$GEN" --sink "$sink")" \
                 || die "generate run to $sink failed"
             record generate "$out"
         done
