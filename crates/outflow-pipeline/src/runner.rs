@@ -78,6 +78,8 @@ impl std::fmt::Debug for Pipeline {
 struct Batch {
     seq: u64,
     events: Arc<[Envelope]>,
+    /// Approximate size of `events`, counted against `max_in_flight_bytes`.
+    bytes: usize,
     checkpoints: Vec<Checkpoint>,
     attempt: u32,
     sent_at: Instant,
@@ -198,6 +200,7 @@ impl Pipeline {
             store: self.store,
             handle,
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             pending: FuturesUnordered::new(),
             open: Vec::new(),
             open_bytes: 0,
@@ -232,6 +235,8 @@ struct Runner {
     store: Arc<dyn CheckpointStore>,
     handle: SourceHandle,
     inflight: VecDeque<Batch>,
+    /// Approximate bytes of the batches in `inflight`.
+    inflight_bytes: usize,
     pending: FuturesUnordered<AckFuture>,
     open: Vec<Envelope>,
     open_bytes: usize,
@@ -276,7 +281,11 @@ impl Runner {
             if stopping.is_some() && self.inflight.is_empty() {
                 break Stop::Requested;
             }
-            let window_free = self.inflight.len() < self.settings.window;
+            // The window has room for more: count and bytes. Items are taken only then,
+            // so a sink that acknowledges slowly holds back the source.
+            let window_free = self.inflight.len() < self.settings.window
+                && (self.inflight.is_empty()
+                    || self.inflight_bytes < self.settings.max_in_flight_bytes);
             let room = self
                 .settings
                 .batch
@@ -288,7 +297,7 @@ impl Runner {
                 && window_free
                 && room > 0
                 && self.open_bytes < self.settings.batch.max_bytes;
-            let flush_due = stopping.is_none() && self.retry.is_none() && window_free;
+            let flush_due = stopping.is_none() && self.retry.is_none() && self.may_send();
             let linger = self.linger_deadline.unwrap_or(far);
 
             tokio::select! {
@@ -309,10 +318,8 @@ impl Runner {
                 }
                 n = self.handle.items.recv_many(&mut buf, room.max(1)), if take => {
                     if n == 0 {
+                        // What is open is flushed below, once the window lets it go.
                         source_done = true;
-                        if !self.open.is_empty() || !self.open_checkpoints.is_empty() {
-                            self.flush().await?;
-                        }
                     } else {
                         self.take_items(&mut buf).await?;
                     }
@@ -345,10 +352,15 @@ impl Runner {
                     }
                 }
             }
-            if !source_done && stopping.is_none() {
+            if stopping.is_none() && self.retry.is_none() {
                 let full = self.open.len() >= self.settings.batch.max_events
                     || self.open_bytes >= self.settings.batch.max_bytes;
-                if full && self.retry.is_none() && self.inflight.len() < self.settings.window {
+                // The source ended (a failed source has left the loop already).
+                let last = source_done;
+                if self.open.is_empty() && last && !self.open_checkpoints.is_empty() {
+                    // Positions only: nothing to send, they follow the last batch.
+                    self.flush().await?;
+                } else if (full || (last && !self.open.is_empty())) && self.may_send() {
                     self.flush().await?;
                 }
             }
@@ -359,9 +371,12 @@ impl Runner {
             return Err(e);
         }
         if matches!(outcome, Stop::Requested) {
+            // Positions in the intake follow the open batch's events, which are dropped
+            // here unsent: they are safe only when nothing was open.
+            let nothing_open = self.open.is_empty();
             self.open.clear();
             self.open_checkpoints.clear();
-            if self.inflight.is_empty() {
+            if self.inflight.is_empty() && nothing_open {
                 // Positions queued right behind the last acknowledged event (a
                 // transaction's commit, say) are safe too: commit them, so a clean stop
                 // redelivers nothing.
@@ -450,12 +465,21 @@ impl Runner {
         Ok(())
     }
 
+    /// Whether the open batch may be sent now: the window has a free slot, and the batch
+    /// fits within `max_in_flight_bytes` next to those in flight (or none is in flight).
+    fn may_send(&self) -> bool {
+        self.inflight.len() < self.settings.window
+            && (self.inflight.is_empty()
+                || self.inflight_bytes.saturating_add(self.open_bytes)
+                    <= self.settings.max_in_flight_bytes)
+    }
+
     /// Sends the open batch.
     async fn flush(&mut self) -> Result<()> {
         self.linger_deadline = None;
         // Moved out with one allocation; `open` keeps its capacity for the next batch.
         let events: Arc<[Envelope]> = self.open.drain(..).collect();
-        self.open_bytes = 0;
+        let bytes = std::mem::take(&mut self.open_bytes);
         let checkpoints = std::mem::take(&mut self.open_checkpoints);
         if events.is_empty() {
             if let Some(last) = self.inflight.back_mut() {
@@ -467,9 +491,11 @@ impl Runner {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.meters.in_flight.increment(events.len() as f64);
+        self.inflight_bytes += bytes;
         self.inflight.push_back(Batch {
             seq,
             events,
+            bytes,
             checkpoints,
             attempt: 0,
             sent_at: Instant::now(),
@@ -568,6 +594,7 @@ impl Runner {
         let mut to_commit = Vec::new();
         while self.inflight.front().is_some_and(|b| b.outcome.is_some()) {
             let mut batch = self.inflight.pop_front().expect("checked above");
+            self.inflight_bytes -= batch.bytes;
             let outcome = batch.outcome.take().expect("checked above");
             let mut rejected = vec![false; batch.events.len()];
             for rejection in outcome.rejected {

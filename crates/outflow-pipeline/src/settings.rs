@@ -15,6 +15,10 @@ pub const DEFAULT_BATCH_MAX_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
 /// Batches in flight at once: enough to hide a broker round trip behind the next send.
 pub const DEFAULT_WINDOW: usize = 8;
+/// Approximate bytes of sent, unacknowledged batches: two batches of `batch.max_bytes`, or
+/// about seven of 512 typical outbox events, which keeps a sink's buffers small enough for
+/// the 64 MiB memory target (docs/benchmarks.md) while a round trip is still hidden.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 2 * 1024 * 1024;
 /// Items the source may queue ahead of batching: two batches keep the runner fed, and
 /// every queued envelope counts against the memory bound (docs/benchmarks.md).
 pub const DEFAULT_INTAKE: usize = 1024;
@@ -96,6 +100,10 @@ pub struct PipelineSettings {
     pub batch: BatchSettings,
     /// Batches sent and not yet acknowledged, at most.
     pub window: usize,
+    /// Approximate bytes (as for `batch.max_bytes`) of batches sent and not yet
+    /// acknowledged, at most: no batch is sent while it would take them over this. One
+    /// batch is always allowed in flight, so an event larger than this still moves.
+    pub max_in_flight_bytes: usize,
     /// Items the source may queue ahead of batching.
     pub intake: usize,
     /// What to do with an event that can never be delivered.
@@ -118,6 +126,7 @@ impl Default for PipelineSettings {
         PipelineSettings {
             batch: BatchSettings::default(),
             window: DEFAULT_WINDOW,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             intake: DEFAULT_INTAKE,
             on_error: OnError::Fail,
             dead_letter: Template::parse(DEFAULT_DEAD_LETTER).expect("the default parses"),
@@ -135,6 +144,7 @@ impl PipelineSettings {
             ("batch.max_events", self.batch.max_events),
             ("batch.max_bytes", self.batch.max_bytes),
             ("window", self.window),
+            ("max_in_flight_bytes", self.max_in_flight_bytes),
             ("intake", self.intake),
         ];
         for (name, value) in positive {

@@ -45,6 +45,9 @@ struct ScriptSink {
     /// Sent and not yet acknowledged, now and at most.
     outstanding: AtomicU64,
     max_outstanding: AtomicU64,
+    /// Approximate bytes sent and not yet acknowledged, now and at most.
+    outstanding_bytes: AtomicUsize,
+    max_outstanding_bytes: AtomicUsize,
 }
 
 impl ScriptSink {
@@ -73,6 +76,9 @@ impl EventSink for Handle {
             .fetch_add(batch.len() as u64, Ordering::SeqCst)
             + batch.len() as u64;
         sink.max_outstanding.fetch_max(now, Ordering::SeqCst);
+        let bytes: usize = batch.iter().map(Envelope::approx_size).sum();
+        let now = sink.outstanding_bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        sink.max_outstanding_bytes.fetch_max(now, Ordering::SeqCst);
         Ok(Box::pin(async move {
             if let Some(delay) = sink.ack_delay {
                 tokio::time::sleep(delay(n)).await;
@@ -82,6 +88,7 @@ impl EventSink for Handle {
             }
             sink.outstanding
                 .fetch_sub(batch.len() as u64, Ordering::SeqCst);
+            sink.outstanding_bytes.fetch_sub(bytes, Ordering::SeqCst);
             if attempt == 1 && sink.fail_first.is_some_and(|f| f(first)) {
                 return Err(Error::transient("broker unavailable"));
             }
@@ -466,6 +473,103 @@ async fn slow_sink_bounds_what_is_held_and_drains_on_stop() {
         store.violations.lock().unwrap().clone(),
         Vec::<String>::new()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_bytes_are_bounded_and_one_batch_always_moves() {
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = Arc::new(ScriptSink {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    let emitted = Arc::new(AtomicU64::new(0));
+    let inner = GenerateSource::new(GenerateConfig::default());
+    // Generated events differ in size only by the digits of their sequence number.
+    let event_bytes = inner.event("orders", 100_000).approx_size();
+    let source = Box::new(CountingSource {
+        inner,
+        emitted: emitted.clone(),
+        count: 1_000_000,
+    });
+    let mut s = settings(10, 8);
+    let batch_bytes = 10 * event_bytes;
+    // Room for three full batches and a half: the window (8) is not what limits.
+    s.max_in_flight_bytes = batch_bytes * 7 / 2;
+    let limit = s.max_in_flight_bytes;
+    let store = Arc::new(CheckingStore {
+        sink: sink.clone(),
+        saves: Mutex::new(Vec::new()),
+        violations: Mutex::new(Vec::new()),
+    });
+    let pipeline = Pipeline::new(
+        "orders",
+        s,
+        source,
+        Arc::new(Handle(sink.clone())),
+        store.clone(),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(pipeline.run(stop_rx));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.batches.load(Ordering::SeqCst),
+        3,
+        "three batches fit within {limit} bytes, a fourth does not"
+    );
+    assert_eq!(sink.max_outstanding.load(Ordering::SeqCst), 30);
+    let max_bytes = sink.max_outstanding_bytes.load(Ordering::SeqCst);
+    assert!(
+        max_bytes <= limit,
+        "{max_bytes} bytes in flight, limit {limit}"
+    );
+    // Nothing acknowledged: the source stalls at in flight + open batch + intake.
+    let held = emitted.load(Ordering::SeqCst);
+    assert!(held <= 30 + 10 + 16, "source emitted {held} events");
+
+    // Each acknowledgement frees room for exactly one more batch.
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.batches.load(Ordering::SeqCst), 4);
+    assert_eq!(sink.acked(), (1..=10).collect());
+    assert!(sink.max_outstanding_bytes.load(Ordering::SeqCst) <= limit);
+
+    stop_tx.send(true).unwrap();
+    gate.add_permits(1000);
+    let report = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.delivered, 40, "the four batches sent, nothing more");
+    assert_eq!(sink.acked(), (1..=40).collect());
+    assert!(sink.max_outstanding_bytes.load(Ordering::SeqCst) <= limit);
+    assert_eq!(report.committed[""], "40");
+    assert_eq!(
+        store.violations.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
+
+    // A limit below one batch still moves everything, one batch at a time.
+    let sink = Arc::new(ScriptSink {
+        ack_delay: Some(|_| Duration::from_millis(1)),
+        ..Default::default()
+    });
+    let mut s = settings(10, 8);
+    s.max_in_flight_bytes = 1;
+    let (report, store) = run(sink.clone(), s, generate(95)).await;
+    let report = report.unwrap();
+    assert_eq!(
+        store.violations.lock().unwrap().clone(),
+        Vec::<String>::new()
+    );
+    assert_eq!(report.delivered, 95);
+    assert_eq!(report.committed[""], "95");
+    assert_eq!(
+        *sink.ack_log.lock().unwrap(),
+        (1..=95).collect::<Vec<u64>>()
+    );
+    assert_eq!(sink.max_outstanding.load(Ordering::SeqCst), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
