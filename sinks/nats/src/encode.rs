@@ -8,6 +8,7 @@
 use std::str::FromStr;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
+use async_nats::Subject;
 use bytes::Bytes;
 use outflow_core::{Envelope, Error, Format, HeaderStyle, Template};
 
@@ -18,7 +19,16 @@ pub(crate) const ERROR_HEADER: &str = "outflow-error";
 /// The header naming the envelope fields left out of a dead letter too large to send whole.
 pub(crate) const OMITTED_HEADER: &str = "outflow-omitted";
 
-/// A message ready to publish.
+/// An event's message, ready to publish.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// Cheap to clone: a constant subject is shared by every message of a batch.
+    pub(crate) subject: Subject,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// A dead-letter message, ready to publish.
 #[derive(Debug)]
 pub(crate) struct Message {
     pub(crate) subject: String,
@@ -112,35 +122,107 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// Encodes an event in the configured format with `Nats-Msg-Id` = the event id and
-/// `Content-Type`, and checks it against `max_payload`.
+/// Encodes the events of one batch in the configured format with `Nats-Msg-Id` = the
+/// event id and `Content-Type`, each checked against `max_payload`.
+///
+/// What is the same for every message is prepared once per batch: the subject of a
+/// template without placeholders, the `Content-Type` header name, and the buffer the
+/// envelope format serializes into (each body is then copied out at its exact size).
+pub(crate) struct BatchEncoder<'a> {
+    template: &'a Template,
+    format: Format,
+    max_payload: usize,
+    /// The subject once rendered and checked, when the template substitutes nothing.
+    constant_subject: Option<Subject>,
+    content_type: HeaderName,
+    body: Vec<u8>,
+}
+
+impl<'a> BatchEncoder<'a> {
+    pub(crate) fn new(template: &'a Template, format: Format, max_payload: usize) -> Self {
+        BatchEncoder {
+            template,
+            format,
+            max_payload,
+            constant_subject: None,
+            content_type: HeaderName::from_static(CONTENT_TYPE),
+            body: Vec::new(),
+        }
+    }
+
+    fn subject(&mut self, event: &Envelope) -> Result<Subject, Error> {
+        if let Some(subject) = &self.constant_subject {
+            return Ok(subject.clone());
+        }
+        let subject = Subject::from(subject_for(self.template, event)?);
+        if self.template.is_constant() {
+            self.constant_subject = Some(subject.clone());
+        }
+        Ok(subject)
+    }
+
+    /// Encodes one event; a per-event error when it cannot be sent.
+    pub(crate) fn encode(&mut self, event: &Envelope) -> Result<Outgoing, Error> {
+        let subject = self.subject(event)?;
+        let mut headers = HeaderMap::new();
+        let (body, content_type) = match self.format {
+            // The envelope format is the envelope as JSON with the event's headers
+            // (`Format::encode`), written here into the reused buffer.
+            Format::Envelope => {
+                for (name, value) in &event.headers {
+                    put_header(&mut headers, name, value, &event.id)?;
+                }
+                self.body.clear();
+                serde_json::to_writer(&mut self.body, event).map_err(|e| {
+                    Error::per_event(format!("event {} cannot be serialized", event.id))
+                        .with_source(e)
+                })?;
+                (Bytes::copy_from_slice(&self.body), "application/json")
+            }
+            format => {
+                let encoded = format.encode(event, HeaderStyle::Dash);
+                for (name, value) in &encoded.headers {
+                    put_header(&mut headers, name, value, &event.id)?;
+                }
+                (Bytes::from(encoded.body), encoded.content_type)
+            }
+        };
+        headers.insert(
+            self.content_type.clone(),
+            HeaderValue::from_str(content_type).map_err(|e| {
+                Error::per_event(format!(
+                    "event {}: content type {content_type:?} cannot be sent over NATS",
+                    event.id
+                ))
+                .with_source(e)
+            })?,
+        );
+        let id = HeaderValue::from_str(&event.id).map_err(|e| {
+            Error::per_event(format!(
+                "event id {:?} cannot be sent as Nats-Msg-Id",
+                event.id
+            ))
+            .with_source(e)
+        })?;
+        headers.insert(NATS_MESSAGE_ID, id);
+        check_size(&headers, &body, self.max_payload, &event.id)?;
+        Ok(Outgoing {
+            subject,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Encodes one event (a batch of one).
+#[cfg(test)]
 pub(crate) fn encode(
     event: &Envelope,
     subject: &Template,
     format: Format,
     max_payload: usize,
-) -> Result<Message, Error> {
-    let subject = subject_for(subject, event)?;
-    let encoded = format.encode(event, HeaderStyle::Dash);
-    let mut headers = HeaderMap::new();
-    for (name, value) in &encoded.headers {
-        put_header(&mut headers, name, value, &event.id)?;
-    }
-    put_header(&mut headers, CONTENT_TYPE, encoded.content_type, &event.id)?;
-    let id = HeaderValue::from_str(&event.id).map_err(|e| {
-        Error::per_event(format!(
-            "event id {:?} cannot be sent as Nats-Msg-Id",
-            event.id
-        ))
-        .with_source(e)
-    })?;
-    headers.insert(NATS_MESSAGE_ID, id);
-    check_size(&headers, &encoded.body, max_payload, &event.id)?;
-    Ok(Message {
-        subject,
-        headers,
-        body: Bytes::from(encoded.body),
-    })
+) -> Result<Outgoing, Error> {
+    BatchEncoder::new(subject, format, max_payload).encode(event)
 }
 
 /// The dead-letter message of an event: the envelope as JSON, `Nats-Msg-Id` =
@@ -272,7 +354,7 @@ mod tests {
     #[test]
     fn envelope_message_carries_id_and_content_type() {
         let m = encode(&event(), &template(), Format::Envelope, 1 << 20).unwrap();
-        assert_eq!(m.subject, "outbox.event.order");
+        assert_eq!(m.subject.as_str(), "outbox.event.order");
         assert_eq!(m.headers.get(NATS_MESSAGE_ID).unwrap().as_str(), "e-1");
         assert_eq!(
             m.headers.get(CONTENT_TYPE).unwrap().as_str(),
@@ -281,6 +363,65 @@ mod tests {
         assert_eq!(m.headers.get("traceparent").unwrap().as_str(), "00-a-b-01");
         let back: Envelope = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(back, event());
+    }
+
+    #[test]
+    fn every_format_matches_the_core_encoding_and_subjects_are_shared() {
+        let template = template();
+        let mut second = event();
+        second.id = "e-2".into();
+        second.aggregate_type = "invoice".into();
+        second.headers.insert("b".into(), "2".into());
+        for format in [
+            Format::Envelope,
+            Format::Payload,
+            Format::CloudEvents { binary: false },
+            Format::CloudEvents { binary: true },
+        ] {
+            let mut encoder = BatchEncoder::new(&template, format, 1 << 20);
+            for ev in [event(), second.clone(), event()] {
+                let m = encoder.encode(&ev).unwrap();
+                let core = format.encode(&ev, HeaderStyle::Dash);
+                assert_eq!(m.body.as_ref(), core.body.as_slice(), "{format:?}");
+                let mut expected: Vec<(String, String)> = core.headers.clone();
+                expected.push((CONTENT_TYPE.into(), core.content_type.into()));
+                expected.push((NATS_MESSAGE_ID.to_string(), ev.id.clone()));
+                expected.sort();
+                let mut got: Vec<(String, String)> = m
+                    .headers
+                    .iter()
+                    .flat_map(|(n, vs)| {
+                        let n: &str = n.as_ref();
+                        vs.iter()
+                            .map(move |v| (n.to_string(), v.as_str().to_string()))
+                    })
+                    .collect();
+                got.sort();
+                assert_eq!(got, expected, "{format:?}");
+                assert_eq!(
+                    m.subject.as_str(),
+                    format!("outbox.event.{}", ev.aggregate_type)
+                );
+            }
+        }
+        // A constant subject is rendered and checked once, then shared.
+        let fixed = Template::parse("outbox.events").unwrap();
+        let mut encoder = BatchEncoder::new(&fixed, Format::Envelope, 1 << 20);
+        assert_eq!(
+            encoder.encode(&event()).unwrap().subject.as_str(),
+            "outbox.events"
+        );
+        assert_eq!(
+            encoder.encode(&second).unwrap().subject.as_str(),
+            "outbox.events"
+        );
+        let bad = Template::parse("outbox..events").unwrap();
+        let mut encoder = BatchEncoder::new(&bad, Format::Envelope, 1 << 20);
+        for _ in 0..2 {
+            let err = encoder.encode(&event()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::PerEvent);
+            assert!(err.to_string().contains("empty token"), "{err}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
 use crate::config::NatsConfig;
-use crate::encode::{self, invalid_subject, Message};
+use crate::encode::{self, invalid_subject, BatchEncoder, Message, Outgoing};
 use crate::stream::{self, Ensured};
 
 /// Longest pause between reconnect attempts: a restarted server is found again within
@@ -321,10 +321,23 @@ impl NatsSink {
     }
 }
 
+/// Awaits `future` for at most `limit`. Queueing a publish is almost always done at the
+/// first poll; only when it is not is the timer set up (once per event otherwise).
+async fn within<F: std::future::Future>(
+    limit: Duration,
+    future: F,
+) -> std::result::Result<F::Output, tokio::time::error::Elapsed> {
+    let mut future = std::pin::pin!(future);
+    match futures::poll!(future.as_mut()) {
+        std::task::Poll::Ready(output) => Ok(output),
+        std::task::Poll::Pending => tokio::time::timeout(limit, future).await,
+    }
+}
+
 /// One publish awaiting its ack.
 struct InFlight {
     index: usize,
-    subject: String,
+    subject: async_nats::Subject,
     ack: PublishAckFuture,
 }
 
@@ -469,12 +482,13 @@ impl Inner {
         let driver: JoinHandle<Result<Vec<Rejection>>> =
             tokio::spawn(Arc::clone(self).drive_acks(js.clone(), rx));
         let mut rejected = Vec::new();
+        let mut encoder = BatchEncoder::new(&self.subject, self.format, max_payload);
         for (index, event) in batch.iter().enumerate() {
-            let Message {
+            let Outgoing {
                 subject,
                 headers,
                 body,
-            } = match encode::encode(event, &self.subject, self.format, max_payload) {
+            } = match encoder.encode(event) {
                 Ok(message) => message,
                 Err(error) => {
                     debug!(pipeline = %self.pipeline, index, error = %error, "event rejected");
@@ -482,14 +496,15 @@ impl Inner {
                     continue;
                 }
             };
-            let published = tokio::time::timeout(
+            let published = within(
                 self.ack_timeout,
                 js.publish_with_headers(subject.clone(), headers, body),
             )
             .await;
+            let subject_str: &str = &subject;
             let ack = match published {
                 Ok(Ok(ack)) => ack,
-                Ok(Err(err)) => match self.publish_error(js, index, &subject, err).await {
+                Ok(Err(err)) => match self.publish_error(js, index, subject_str, err).await {
                     Ok(rejection) => {
                         rejected.push(rejection);
                         continue;
@@ -502,7 +517,7 @@ impl Inner {
                 Err(_) => {
                     driver.abort();
                     return Err(self.timed_out(&format!(
-                        "could not queue the publish to {subject:?} (connection down, or \
+                        "could not queue the publish to {subject_str:?} (connection down, or \
                          max_pending acks outstanding)"
                     )));
                 }
@@ -534,26 +549,28 @@ impl Inner {
         self.ensure_connected()?;
         let max_payload = self.max_payload();
         let mut rejected = Vec::new();
+        let mut encoder = BatchEncoder::new(&self.subject, self.format, max_payload);
         for (index, event) in batch.iter().enumerate() {
             // Nats-Msg-Id means nothing to core NATS, but it is kept so that subscribers
             // can deduplicate by it.
-            let Message {
+            let Outgoing {
                 subject,
                 headers,
                 body,
-            } = match encode::encode(event, &self.subject, self.format, max_payload) {
+            } = match encoder.encode(event) {
                 Ok(message) => message,
                 Err(error) => {
                     rejected.push(Rejection { index, error });
                     continue;
                 }
             };
-            let published = tokio::time::timeout(
+            let published = within(
                 self.ack_timeout,
                 self.client
                     .publish_with_headers(subject.clone(), headers, body),
             )
             .await;
+            let subject: &str = &subject;
             match published {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => match err.kind() {
