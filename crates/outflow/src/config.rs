@@ -329,10 +329,7 @@ impl Reader<'_> {
                 path: inner,
                 message,
             }) => {
-                let mut p: Vec<&str> = path.to_vec();
-                p.extend(inner.iter().map(String::as_str));
-                let shown = p.join(".");
-                self.error(&p, format!("{shown}: {message}"));
+                self.invalid(path, &inner, &message);
                 None
             }
         }
@@ -345,10 +342,7 @@ impl Reader<'_> {
                 path: inner,
                 message,
             }) => {
-                let mut p: Vec<&str> = path.to_vec();
-                p.extend(inner.iter().map(String::as_str));
-                let shown = p.join(".");
-                self.error(&p, format!("{shown}: {message}"));
+                self.invalid(path, &inner, &message);
                 None
             }
             Err(TypedError::UnknownType(message)) => {
@@ -356,6 +350,14 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    /// A bad value at `inner` inside the table at `path`, reported with its full path.
+    fn invalid(&mut self, path: &[&str], inner: &[String], message: &str) {
+        let mut p: Vec<&str> = path.to_vec();
+        p.extend(inner.iter().map(String::as_str));
+        let shown = p.join(".");
+        self.error(&p, format!("{shown}: {message}"));
     }
 
     fn error(&mut self, path: &[&str], message: String) {
