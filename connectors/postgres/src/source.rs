@@ -525,7 +525,7 @@ impl PostgresSource {
         p: &mut Progress,
         tx: &Option<Tx>,
         index: u64,
-        events: Vec<Envelope>,
+        events: impl IntoIterator<Item = Envelope> + Send,
     ) -> Result<Flow, Error> {
         for event in events {
             trace!(position = %event.source.position, "event");
@@ -658,40 +658,18 @@ impl PostgresSource {
                 ))),
             }
         };
-        let mut out = Vec::new();
-        match &change {
-            Message::Insert(i) => {
-                if let Some(rel) = relation_of(i.relation)? {
-                    out.extend(events::row_event(
-                        stream,
-                        rel,
-                        info,
-                        RowChange::Insert(&i.new),
-                        position,
-                    )?);
-                }
-            }
-            Message::Update(u) => {
-                if let Some(rel) = relation_of(u.relation)? {
-                    let change = RowChange::Update {
-                        old: u.old.as_ref(),
-                        new: &u.new,
-                    };
-                    out.extend(events::row_event(stream, rel, info, change, position)?);
-                }
-            }
-            Message::Delete(d) => {
-                if let Some(rel) = relation_of(d.relation)? {
-                    out.extend(events::row_event(
-                        stream,
-                        rel,
-                        info,
-                        RowChange::Delete(&d.old),
-                        position,
-                    )?);
-                }
-            }
+        let (oid, row) = match &change {
+            Message::Insert(i) => (i.relation, RowChange::Insert(&i.new)),
+            Message::Update(u) => (
+                u.relation,
+                RowChange::Update {
+                    old: u.old.as_ref(),
+                    new: &u.new,
+                },
+            ),
+            Message::Delete(d) => (d.relation, RowChange::Delete(&d.old)),
             Message::Truncate(t) => {
+                let mut out = Vec::with_capacity(t.relations.len());
                 for (n, oid) in t.relations.iter().enumerate() {
                     if let Some(rel) = relation_of(*oid)? {
                         // One event per table; the table's place in the statement keeps
@@ -700,10 +678,16 @@ impl PostgresSource {
                         out.extend(events::truncate_event(stream, rel, info, position));
                     }
                 }
+                return self.emit_change(ctx, client, p, tx, index, out).await;
             }
-            _ => {}
-        }
-        self.emit_change(ctx, client, p, tx, index, out).await
+            _ => return self.emit_change(ctx, client, p, tx, index, None).await,
+        };
+        // A row change makes at most one event: no collection on the per-row path.
+        let event = match relation_of(oid)? {
+            Some(rel) => events::row_event(stream, rel, info, row, position)?,
+            None => None,
+        };
+        self.emit_change(ctx, client, p, tx, index, event).await
     }
 
     /// Learns a table's (new) description: resolves its column kinds and key.
