@@ -303,9 +303,9 @@ async fn nats_outage_holds_the_slot_and_loses_nothing() {
         DELIVERY,
     )
     .await;
-    // Order may break across a connection loss (docs/sinks/nats.md, Guarantees); the set may
-    // not.
-    let envelopes = assert_exactly_committed(&msgs, &report, &names.prefix, false);
+    // The sink's stream is its own (`stream` is set, so exclusive_stream defaults to true):
+    // every publish names its predecessor, so the order holds across the outage too.
+    let envelopes = assert_exactly_committed(&msgs, &report, &names.prefix, true);
     assert_eq!(
         stream_messages(&nats.url(), &names.stream).await,
         Some(total as u64)

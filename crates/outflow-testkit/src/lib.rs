@@ -16,7 +16,9 @@
 //! - [`PrivatePostgres`] and [`PrivateNats`]: throwaway servers of a test's own, which a fault
 //!   test may stop, crash and start again on the same port with the same data;
 //! - [`unique_name()`] for slots, publications, databases, streams and topics;
-//! - [`free_port()`], [`wait_for_tcp()`] and [`ChildGuard`] for tests that run binaries.
+//! - [`free_port()`], [`wait_for_tcp()`] and [`ChildGuard`] for tests that run binaries;
+//! - [`CutProxy`]: a TCP proxy whose connections a test cuts mid-stream, losing what was in
+//!   flight, as a broken network does.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -33,6 +35,7 @@ mod nats;
 mod net;
 mod postgres;
 mod process;
+mod proxy;
 mod services;
 
 pub use names::{unique_name, MAX_NAME_LEN};
@@ -40,6 +43,7 @@ pub use nats::PrivateNats;
 pub use net::{free_port, wait_for_tcp, wait_for_tcp_blocking};
 pub use postgres::{connect, fresh_database, PrivatePostgres, TestDb};
 pub use process::ChildGuard;
+pub use proxy::CutProxy;
 pub use services::{
     dynamodb_endpoint, kafka_brokers, nats_url, pg_url, services, services_env_path, Service,
     Services, ServicesError,

@@ -165,9 +165,20 @@ fn main() -> ExitCode {
     code
 }
 
+/// async-nats warns once per publish still awaiting its ack when a failed batch drops
+/// them ("failed to pass future permit to the acker"): hundreds of lines that bury the
+/// error that matters, which the pipeline logs itself. Silenced unless the filter names
+/// async_nats.
+const QUIET_NATS_ACKER: &str = "async_nats::jetstream::context=error";
+
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = if filter.contains("async_nats") {
+        filter.to_string()
+    } else {
+        format!("{filter},{QUIET_NATS_ACKER}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_NATS_ACKER}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -75,6 +75,15 @@ pub struct NatsConfig {
     #[serde(default)]
     pub stream_subjects: Option<Vec<String>>,
 
+    /// Whether this pipeline is the only writer of its stream. Then every publish names
+    /// its predecessor (`Nats-Expected-Last-Msg-Id`) and JetStream stores a message only
+    /// right after it, so the stream's order is the source's even across reconnects; a
+    /// message from another publisher stops the pipeline. Default: `true` when `stream` is
+    /// set (the pipeline's own stream), `false` otherwise (a shared stream, whose order can
+    /// break around a connection loss).
+    #[serde(default)]
+    pub exclusive_stream: Option<bool>,
+
     /// Deduplication window of a stream created for `stream`: a redelivered event whose id
     /// was stored less than this long ago is stored once. It must exceed the longest outage
     /// plus restart after which you want redeliveries deduplicated. Default `2m`.
@@ -156,6 +165,7 @@ impl NatsConfig {
             format: Format::default(),
             stream: None,
             stream_subjects: None,
+            exclusive_stream: None,
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             jetstream: true,
             ack_timeout: DEFAULT_ACK_TIMEOUT,
@@ -203,6 +213,12 @@ impl NatsConfig {
             }
             (Some(name), true) => validate_stream_name(name)?,
             (None, _) => {}
+        }
+        if self.exclusive_stream == Some(true) && !self.jetstream {
+            return Err(Error::fatal(
+                "nats sink: `exclusive_stream` needs JetStream; remove it or set \
+                 `jetstream = true`",
+            ));
         }
         if self.stream_subjects.is_some() && self.stream.is_none() {
             return Err(Error::fatal(
@@ -264,6 +280,12 @@ impl NatsConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether publishes are chained through one stream (`exclusive_stream`, by default
+    /// whenever `stream` is set).
+    pub fn is_exclusive(&self) -> bool {
+        self.jetstream && self.exclusive_stream.unwrap_or(self.stream.is_some())
     }
 
     /// The server addresses of `url`.
@@ -342,6 +364,7 @@ impl fmt::Debug for NatsConfig {
             .field("format", &self.format)
             .field("stream", &self.stream)
             .field("stream_subjects", &self.stream_subjects)
+            .field("exclusive_stream", &self.exclusive_stream)
             .field("duplicate_window", &self.duplicate_window)
             .field("jetstream", &self.jetstream)
             .field("ack_timeout", &self.ack_timeout)
@@ -378,7 +401,13 @@ mod tests {
         assert_eq!(c.max_pending, DEFAULT_MAX_PENDING);
         assert_eq!(c.duplicate_window, Duration::from_secs(120));
         assert_eq!(c.stream, None);
+        assert!(!c.is_exclusive());
         c.validate().unwrap();
+        let owned = parse("url = \"nats://x\"\nstream = \"S\"").unwrap();
+        assert!(
+            owned.is_exclusive(),
+            "a stream of its own is exclusive by default"
+        );
     }
 
     #[test]
@@ -390,6 +419,7 @@ mod tests {
             format = "cloudevents-binary"
             stream = "OUTBOX"
             stream_subjects = ["events.>"]
+            exclusive_stream = false
             duplicate_window = "10m"
             jetstream = true
             ack_timeout = "2s"
@@ -409,6 +439,7 @@ mod tests {
         assert_eq!(c.format, Format::CloudEvents { binary: true });
         assert_eq!(c.duplicate_window, Duration::from_secs(600));
         assert_eq!(c.ack_timeout, Duration::from_secs(2));
+        assert!(!c.is_exclusive());
     }
 
     #[test]
@@ -460,6 +491,13 @@ mod tests {
                 c.jetstream = false;
             },
             "`stream` needs JetStream",
+        );
+        check(
+            &|c| {
+                c.exclusive_stream = Some(true);
+                c.jetstream = false;
+            },
+            "`exclusive_stream` needs JetStream",
         );
         check(
             &|c| c.stream = Some("a.b".into()),

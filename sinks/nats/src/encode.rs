@@ -135,6 +135,7 @@ pub(crate) struct BatchEncoder<'a> {
     /// The subject once rendered and checked, when the template substitutes nothing.
     constant_subject: Option<Subject>,
     content_type: HeaderName,
+    expected_last: HeaderName,
     body: Vec<u8>,
 }
 
@@ -146,6 +147,7 @@ impl<'a> BatchEncoder<'a> {
             max_payload,
             constant_subject: None,
             content_type: HeaderName::from_static(CONTENT_TYPE),
+            expected_last: HeaderName::from_static(crate::chain::EXPECTED_LAST_MSG_ID),
             body: Vec::new(),
         }
     }
@@ -161,8 +163,14 @@ impl<'a> BatchEncoder<'a> {
         Ok(subject)
     }
 
-    /// Encodes one event; a per-event error when it cannot be sent.
-    pub(crate) fn encode(&mut self, event: &Envelope) -> Result<Outgoing, Error> {
+    /// Encodes one event; a per-event error when it cannot be sent. `expected_last` is
+    /// the id of the message it must follow in its stream (`Nats-Expected-Last-Msg-Id`),
+    /// counted in the size check like every header.
+    pub(crate) fn encode(
+        &mut self,
+        event: &Envelope,
+        expected_last: Option<&str>,
+    ) -> Result<Outgoing, Error> {
         let subject = self.subject(event)?;
         let mut headers = HeaderMap::new();
         let (body, content_type) = match self.format {
@@ -205,6 +213,14 @@ impl<'a> BatchEncoder<'a> {
             .with_source(e)
         })?;
         headers.insert(NATS_MESSAGE_ID, id);
+        if let Some(last) = expected_last {
+            // An id already passed as `Nats-Msg-Id`, so it is a valid header value.
+            let last = HeaderValue::from_str(last).map_err(|e| {
+                Error::per_event(format!("event id {last:?} cannot be sent as a header"))
+                    .with_source(e)
+            })?;
+            headers.insert(self.expected_last.clone(), last);
+        }
         check_size(&headers, &body, self.max_payload, &event.id)?;
         Ok(Outgoing {
             subject,
@@ -222,7 +238,7 @@ pub(crate) fn encode(
     format: Format,
     max_payload: usize,
 ) -> Result<Outgoing, Error> {
-    BatchEncoder::new(subject, format, max_payload).encode(event)
+    BatchEncoder::new(subject, format, max_payload).encode(event, None)
 }
 
 /// The dead-letter message of an event: the envelope as JSON, `Nats-Msg-Id` =
@@ -380,7 +396,7 @@ mod tests {
         ] {
             let mut encoder = BatchEncoder::new(&template, format, 1 << 20);
             for ev in [event(), second.clone(), event()] {
-                let m = encoder.encode(&ev).unwrap();
+                let m = encoder.encode(&ev, None).unwrap();
                 let core = format.encode(&ev, HeaderStyle::Dash);
                 assert_eq!(m.body.as_ref(), core.body.as_slice(), "{format:?}");
                 let mut expected: Vec<(String, String)> = core.headers.clone();
@@ -408,20 +424,46 @@ mod tests {
         let fixed = Template::parse("outbox.events").unwrap();
         let mut encoder = BatchEncoder::new(&fixed, Format::Envelope, 1 << 20);
         assert_eq!(
-            encoder.encode(&event()).unwrap().subject.as_str(),
+            encoder.encode(&event(), None).unwrap().subject.as_str(),
             "outbox.events"
         );
         assert_eq!(
-            encoder.encode(&second).unwrap().subject.as_str(),
+            encoder.encode(&second, None).unwrap().subject.as_str(),
             "outbox.events"
         );
         let bad = Template::parse("outbox..events").unwrap();
         let mut encoder = BatchEncoder::new(&bad, Format::Envelope, 1 << 20);
         for _ in 0..2 {
-            let err = encoder.encode(&event()).unwrap_err();
+            let err = encoder.encode(&event(), None).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::PerEvent);
             assert!(err.to_string().contains("empty token"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_expected_last_id_is_a_header_counted_against_max_payload() {
+        let plain = encode(&event(), &template(), Format::Envelope, 1 << 20).unwrap();
+        let size = headers_wire_len(&plain.headers) + plain.body.len();
+        let template = template();
+        let mut encoder = BatchEncoder::new(&template, Format::Envelope, 1 << 20);
+        let chained = encoder.encode(&event(), Some("e-0")).unwrap();
+        assert_eq!(
+            chained
+                .headers
+                .get(crate::chain::EXPECTED_LAST_MSG_ID)
+                .map(|v| v.as_str()),
+            Some("e-0")
+        );
+        let extra = "Nats-Expected-Last-Msg-Id: e-0\r\n".len();
+        assert_eq!(
+            headers_wire_len(&chained.headers) + chained.body.len(),
+            size + extra
+        );
+        // Exactly at the limit without the header, one byte over with it.
+        let mut encoder = BatchEncoder::new(&template, Format::Envelope, size);
+        assert!(encoder.encode(&event(), None).is_ok());
+        let err = encoder.encode(&event(), Some("e-0")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PerEvent);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! | event larger than the server's `max_payload` or the stream's `max_msg_size`, subject or header NATS cannot carry | per-event (in the batch outcome) |
 //! | no stream captures a subject, JetStream disabled, credentials refused, TLS failure, bad configuration | fatal |
 
+mod chain;
 mod config;
 mod encode;
 mod sink;

@@ -15,7 +15,9 @@
 //!   by `ack_timeout` and reported as transient, so the pipeline retries the batch; the
 //!   same connection resumes once the server is back. Messages queued during the outage
 //!   may still reach the server after it returns: the retry carries the same
-//!   `Nats-Msg-Id`s, so JetStream stores each once within its duplicate window.
+//!   `Nats-Msg-Id`s, so JetStream stores each once within its duplicate window, and on an
+//!   exclusive stream `Nats-Expected-Last-Msg-Id` keeps them from being stored ahead of
+//!   lost ones (see [`crate::chain`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
+use crate::chain::{Chain, Refusal};
 use crate::config::NatsConfig;
 use crate::encode::{self, invalid_subject, BatchEncoder, Message, Outgoing};
 use crate::stream::{self, Ensured};
@@ -64,6 +67,8 @@ struct Inner {
     pipeline: String,
     /// Dead-letter subjects already known to be captured by a stream.
     dead_letter_covered: Mutex<HashSet<String>>,
+    /// The order chain through the pipeline's own stream (`exclusive_stream`).
+    chain: Option<Chain>,
 }
 
 impl std::fmt::Debug for NatsSink {
@@ -299,6 +304,10 @@ impl NatsSink {
             );
             None
         };
+        let chain = match &js {
+            Some(js) if config.is_exclusive() => Some(chain_for(js, &config, pipeline).await?),
+            _ => None,
+        };
         Ok(NatsSink {
             inner: Arc::new(Inner {
                 client,
@@ -311,6 +320,7 @@ impl NatsSink {
                 url,
                 pipeline: pipeline.to_string(),
                 dead_letter_covered: Mutex::new(HashSet::new()),
+                chain,
             }),
         })
     }
@@ -319,6 +329,37 @@ impl NatsSink {
     pub fn client(&self) -> &Client {
         &self.inner.client
     }
+}
+
+/// The order chain of an exclusive stream: the one stream that captures every subject
+/// of the sink, with the id of the last message it holds.
+async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str) -> Result<Chain> {
+    let subjects = capture_subjects(config)?;
+    let mut owner: Option<String> = None;
+    for subject in &subjects {
+        let found = stream::stream_for_subject(js, subject)
+            .await?
+            .ok_or_else(|| stream::missing_stream_error(config.subject.as_str(), subject))?;
+        if let Some(wanted) = config.stream.as_ref().or(owner.as_ref()) {
+            if *wanted != found {
+                return Err(Error::fatal(format!(
+                    "exclusive_stream needs every subject of the sink in one stream,                      {wanted:?}, but stream {found:?} captures {subject:?}; change `subject`                      or `stream_subjects`, or set exclusive_stream = false"
+                )));
+            }
+        }
+        owner = Some(found);
+    }
+    let name = owner.ok_or_else(|| Error::fatal("nats sink: no subjects to publish to"))?;
+    let last = stream::last_message_id(js, &name).await?;
+    info!(
+        pipeline = %pipeline,
+        stream = %name,
+        last = last.as_deref().unwrap_or(""),
+        "exclusive stream: every publish names its predecessor (Nats-Expected-Last-Msg-Id)"
+    );
+    // Every publish that can be in flight, twice over.
+    let capacity = config.max_pending.saturating_mul(2).max(32_768);
+    Ok(Chain::new(name, last, capacity))
 }
 
 /// Awaits `future` for at most `limit`. Queueing a publish is almost always done at the
@@ -444,9 +485,11 @@ impl Inner {
     async fn drive_acks(
         self: Arc<Self>,
         js: jetstream::Context,
+        batch: Arc<[Envelope]>,
         mut acks: mpsc::UnboundedReceiver<InFlight>,
     ) -> Result<Vec<Rejection>> {
         let mut rejected = Vec::new();
+        let mut last_acked = None;
         while let Some(InFlight {
             index,
             subject,
@@ -461,12 +504,29 @@ impl Inner {
                         duplicate = ack.duplicate,
                         "publish acked"
                     );
+                    last_acked = Some(index);
                 }
-                Err(err) => {
-                    let rejection = self.publish_error(&js, index, &subject, err).await?;
-                    rejected.push(rejection);
-                }
+                Err(err) => match (&self.chain, err.kind()) {
+                    (Some(chain), PublishErrorKind::WrongLastMessageId) => {
+                        let description = std::error::Error::source(&err)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default();
+                        return Err(match chain.refusal(&subject, &description) {
+                            Refusal::Transient(e) | Refusal::Fatal(e) => e,
+                        });
+                    }
+                    _ => {
+                        let rejection = self.publish_error(&js, index, &subject, err).await?;
+                        if let Some(chain) = &self.chain {
+                            chain.refused(&batch[index].id);
+                        }
+                        rejected.push(rejection);
+                    }
+                },
             }
+        }
+        if let (Some(chain), Some(index)) = (&self.chain, last_acked) {
+            chain.acknowledged(&batch[index].id);
         }
         Ok(rejected)
     }
@@ -480,15 +540,20 @@ impl Inner {
         let max_payload = self.max_payload();
         let (tx, rx) = mpsc::unbounded_channel();
         let driver: JoinHandle<Result<Vec<Rejection>>> =
-            tokio::spawn(Arc::clone(self).drive_acks(js.clone(), rx));
+            tokio::spawn(Arc::clone(self).drive_acks(js.clone(), Arc::clone(&batch), rx));
         let mut rejected = Vec::new();
         let mut encoder = BatchEncoder::new(&self.subject, self.format, max_payload);
+        // The id the next publish must follow, when publishes are chained.
+        let mut before = match (&self.chain, batch.first()) {
+            (Some(chain), Some(first)) => chain.begin(&first.id),
+            _ => None,
+        };
         for (index, event) in batch.iter().enumerate() {
             let Outgoing {
                 subject,
                 headers,
                 body,
-            } = match encoder.encode(event) {
+            } = match encoder.encode(event, before.as_deref()) {
                 Ok(message) => message,
                 Err(error) => {
                     debug!(pipeline = %self.pipeline, index, error = %error, "event rejected");
@@ -496,6 +561,9 @@ impl Inner {
                     continue;
                 }
             };
+            if let Some(chain) = &self.chain {
+                chain.publishing(&event.id);
+            }
             let published = within(
                 self.ack_timeout,
                 js.publish_with_headers(subject.clone(), headers, body),
@@ -522,6 +590,13 @@ impl Inner {
                     )));
                 }
             };
+            if let Some(chain) = &self.chain {
+                if chain.published(&event.id) {
+                    let before = before.get_or_insert_with(String::new);
+                    before.clear();
+                    before.push_str(&event.id);
+                }
+            }
             if tx
                 .send(InFlight {
                     index,
@@ -557,7 +632,7 @@ impl Inner {
                 subject,
                 headers,
                 body,
-            } = match encoder.encode(event) {
+            } = match encoder.encode(event, None) {
                 Ok(message) => message,
                 Err(error) => {
                     rejected.push(Rejection { index, error });
@@ -645,9 +720,6 @@ impl Inner {
         js: &jetstream::Context,
         subject: &str,
     ) -> Result<()> {
-        let Some(stream) = &self.stream else {
-            return Ok(());
-        };
         let known = self
             .dead_letter_covered
             .lock()
@@ -656,8 +728,18 @@ impl Inner {
         if known {
             return Ok(());
         }
-        let dlq_stream = format!("{stream}_DLQ");
-        stream::cover_subject(js, &dlq_stream, subject, self.duplicate_window).await?;
+        if let Some(stream) = &self.stream {
+            let dlq_stream = format!("{stream}_DLQ");
+            stream::cover_subject(js, &dlq_stream, subject, self.duplicate_window).await?;
+        }
+        if let Some(chain) = &self.chain {
+            if stream::stream_for_subject(js, subject).await?.as_deref() == Some(chain.stream()) {
+                return Err(Error::fatal(format!(
+                    "dead-letter subject {subject:?} is captured by stream {:?}, which                      exclusive_stream reserves for the pipeline's events in order; choose a                      dead-letter subject outside it (the default is outflow.dlq.<pipeline>)",
+                    chain.stream()
+                )));
+            }
+        }
         if let Ok(mut set) = self.dead_letter_covered.lock() {
             set.insert(subject.to_string());
         }

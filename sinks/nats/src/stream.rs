@@ -14,6 +14,7 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, GetStreamByNameErrorKind, GetStreamError,
     GetStreamErrorKind, RequestError, RequestErrorKind, UpdateStreamError,
 };
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, stream, ErrorCode};
 use outflow_core::{Error, Template};
 use tracing::info;
@@ -257,6 +258,36 @@ pub(crate) async fn stream_for_subject(
                 "cannot look up the JetStream stream of subject {subject:?}: {api}"
             ))),
         },
+    }
+}
+
+/// The `Nats-Msg-Id` of the last message stream `name` holds, if it has one.
+pub(crate) async fn last_message_id(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    let what = format!("cannot read the last message of JetStream stream {name:?}");
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| get_stream_error(&what, e))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| Error::transient(what.clone()).with_source(e))?
+        .state
+        .last_sequence;
+    if last == 0 {
+        return Ok(None);
+    }
+    match stream.get_raw_message(last).await {
+        Ok(message) => Ok(message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|id| id.as_str().to_string())),
+        // Deleted or expired between the two requests: nothing to follow.
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(Error::transient(what).with_source(err)),
     }
 }
 

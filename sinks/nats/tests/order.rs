@@ -1,0 +1,329 @@
+//! Stream order across connection losses (`exclusive_stream`): the pipeline runner
+//! drives the sink through a proxy whose connections are cut with publishes in flight,
+//! and JetStream's `Nats-Expected-Last-Msg-Id` check keeps the stream in source order;
+//! another publisher, an event the stream refuses and a stream that forgot its last id
+//! are each handled as documented in docs/sinks/nats.md.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use outflow_core::{Envelope, ErrorKind, EventSink, Op, SourceInfo, Template};
+use outflow_pipeline::{FileStore, GenerateConfig, GenerateSource, Pipeline, PipelineSettings};
+use outflow_sink_nats::{NatsConfig, NatsSink};
+use outflow_testkit::{nats_url, unique_name, CutProxy, PrivateNats};
+use serde_json::{json, Value};
+
+async fn js_for(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url)
+        .await
+        .expect("test client connects");
+    jetstream::new(client)
+}
+
+/// Every message of a stream in stream order, after checking it holds `expected`.
+async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    expected: usize,
+) -> Vec<jetstream::Message> {
+    let mut st = js.get_stream(stream).await.expect("stream exists");
+    let held = st.info().await.expect("stream info").state.messages;
+    assert_eq!(
+        held, expected as u64,
+        "stream {stream} holds {held} messages"
+    );
+    let consumer = st
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer created");
+    let mut messages = consumer.messages().await.expect("consumer messages");
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} messages arrived", out.len()));
+        out.push(next.expect("stream open").expect("message"));
+    }
+    out
+}
+
+async fn stream_len(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut st) => st.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+fn msg_id(msg: &jetstream::Message) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .expect("Nats-Msg-Id")
+        .as_str()
+        .to_string()
+}
+
+fn event(id: &str, n: usize, filler: usize) -> Envelope {
+    Envelope {
+        id: id.to_string(),
+        op: Op::Insert,
+        aggregate_type: "order".into(),
+        aggregate_id: n.to_string(),
+        event_type: "OrderCreated".into(),
+        payload: json!({"n": n, "filler": "x".repeat(filler)}),
+        key: None,
+        before: None,
+        after: None,
+        headers: BTreeMap::new(),
+        source: SourceInfo {
+            connector: "postgres".into(),
+            pipeline: "orders".into(),
+            position: format!("0/{n}/0"),
+            ..Default::default()
+        },
+    }
+}
+
+fn batch(prefix: &str, range: std::ops::Range<usize>) -> Arc<[Envelope]> {
+    range
+        .map(|n| event(&format!("{prefix}-{n}"), n, 0))
+        .collect()
+}
+
+/// Sends a batch once and waits for its outcome.
+async fn send_once(
+    sink: &NatsSink,
+    batch: Arc<[Envelope]>,
+) -> outflow_core::Result<outflow_core::BatchOutcome> {
+    match sink.send(batch).await {
+        Ok(pending) => pending.await,
+        Err(e) => Err(e),
+    }
+}
+
+/// A pipeline of 30,000 generated events through a proxy whose connection is cut six
+/// times while publishes are in flight: what was written to the dying connection is
+/// lost, what was still queued in the client goes out after the reconnect. The stream
+/// ends up holding every event once, in exactly the order the source produced them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_keep_the_stream_in_source_order() {
+    const COUNT: u64 = 30_000;
+    const CUTS: u64 = 6;
+    let proxy = CutProxy::start(nats_url().trim_start_matches("nats://")).await;
+    let prefix = unique_name("cut");
+    let stream_name = unique_name("CUT");
+    let mut config = NatsConfig::new(format!("nats://{}", proxy.addr()));
+    config.subject = Template::parse(&format!("{prefix}.{{aggregate_type}}")).unwrap();
+    config.stream = Some(stream_name.clone());
+    config.ack_timeout = Duration::from_secs(2);
+    let sink = NatsSink::connect(config, "cut").await.expect("connect");
+
+    let state = tempfile::tempdir().unwrap();
+    let mut settings = PipelineSettings::default();
+    settings.retry.initial = Duration::from_millis(50);
+    settings.retry.max = Duration::from_millis(500);
+    let source = GenerateSource::new(GenerateConfig {
+        count: Some(COUNT),
+        ..Default::default()
+    });
+    let pipeline = Pipeline::new(
+        "cut",
+        settings,
+        Box::new(source),
+        Arc::new(sink),
+        Arc::new(FileStore::new(state.path())),
+    );
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(pipeline.run(stop));
+
+    let js = js_for(nats_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Closed at once, a connection loses what the proxy had not forwarded yet while the
+    // client is still queueing publishes: both kinds of message exist at every cut.
+    for (cut, at) in (1..=CUTS).map(|k| COUNT * k / (CUTS + 1)).enumerate() {
+        while stream_len(&js, &stream_name).await < at {
+            assert!(
+                Instant::now() < deadline,
+                "cut {cut}: the stream stopped growing"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.cut(Duration::from_millis(0)).await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the pipeline finishes")
+        .expect("pipeline task")
+        .expect("the pipeline delivers everything");
+    assert_eq!(report.delivered, COUNT);
+    assert!(
+        proxy.accepted() as u64 > CUTS,
+        "the sink reconnected after every cut ({} connections)",
+        proxy.accepted()
+    );
+
+    let messages = read_stream(&js, &stream_name, COUNT as usize).await;
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| {
+            let envelope: Value = serde_json::from_slice(&m.payload).expect("envelope JSON");
+            envelope["payload"]["seq"].as_u64().expect("payload.seq")
+        })
+        .collect();
+    // The generate source numbers its events from 1.
+    let misplaced: Vec<(usize, u64)> = seqs
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i as u64 + 1 != **s)
+        .map(|(i, s)| (i, *s))
+        .take(5)
+        .collect();
+    assert!(
+        misplaced.is_empty(),
+        "the stream is not in source order; first misplaced (stream index, seq): {misplaced:?}"
+    );
+    js.delete_stream(&stream_name).await.expect("delete stream");
+}
+
+/// Another publisher writes into the pipeline's exclusive stream: the next publish is
+/// refused, and the sink stops the pipeline saying who wrote and what to change.
+#[tokio::test]
+async fn another_publisher_on_an_exclusive_stream_is_fatal() {
+    let prefix = unique_name("intruder");
+    let stream_name = unique_name("EXCL");
+    let mut config = NatsConfig::new(nats_url());
+    config.subject = Template::parse(&format!("{prefix}.{{aggregate_type}}")).unwrap();
+    config.stream = Some(stream_name.clone());
+    let sink = NatsSink::connect(config, "orders").await.expect("connect");
+    send_once(&sink, batch("a", 0..3))
+        .await
+        .expect("first batch");
+
+    let js = js_for(nats_url()).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "from-elsewhere");
+    js.publish_with_headers(format!("{prefix}.order"), headers, "{}".into())
+        .await
+        .expect("queued")
+        .await
+        .expect("stored");
+
+    let err = send_once(&sink, batch("a", 3..6))
+        .await
+        .expect_err("the chain is broken by a foreign message");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "stream {stream_name:?} holds a message this pipeline did not publish (Nats-Msg-Id \
+             \"from-elsewhere\")"
+        )) && text.contains("give the pipeline a stream of its own"),
+        "{text}"
+    );
+    assert_eq!(stream_len(&js, &stream_name).await, 4);
+    js.delete_stream(&stream_name).await.expect("delete stream");
+}
+
+/// A stream refuses one event as larger than its `max_msg_size` (the server would take
+/// it): the events after it are refused as out of chain on the first send, and the
+/// resend, as the runner makes it, delivers them in order and reports only the big one.
+#[tokio::test]
+async fn an_event_the_stream_refuses_does_not_break_the_chain() {
+    let prefix = unique_name("refused");
+    let stream_name = unique_name("SMALL");
+    let js = js_for(nats_url()).await;
+    js.create_stream(stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_message_size: 2_000,
+        ..Default::default()
+    })
+    .await
+    .expect("stream created");
+    let mut config = NatsConfig::new(nats_url());
+    config.subject = Template::parse(&format!("{prefix}.{{aggregate_type}}")).unwrap();
+    config.stream = Some(stream_name.clone());
+    let sink = NatsSink::connect(config, "orders").await.expect("connect");
+
+    let events: Arc<[Envelope]> = (0..5)
+        .map(|n| event(&format!("r-{n}"), n, if n == 2 { 4_000 } else { 0 }))
+        .collect();
+    let first = send_once(&sink, events.clone()).await;
+    let err = first.expect_err("the event after the refused one is out of chain");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{}", err.chain());
+    let outcome = send_once(&sink, events.clone())
+        .await
+        .expect("the resend is delivered");
+    let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, [2]);
+    assert!(
+        outcome.rejected[0]
+            .error
+            .to_string()
+            .contains("max_msg_size"),
+        "{}",
+        outcome.rejected[0].error
+    );
+    let stored: Vec<String> = read_stream(&js, &stream_name, 4)
+        .await
+        .iter()
+        .map(msg_id)
+        .collect();
+    assert_eq!(stored, ["r-0", "r-1", "r-3", "r-4"]);
+    js.delete_stream(&stream_name).await.expect("delete stream");
+}
+
+/// The server restarts after the stream's duplicate window passed, so the stream no
+/// longer knows its last message id: the first publish after that is refused, and the
+/// resend restarts the chain after the acknowledged predecessor.
+#[tokio::test]
+async fn a_stream_that_forgot_its_last_id_restarts_the_chain() {
+    let mut nats = PrivateNats::start().await;
+    let mut config = NatsConfig::new(nats.url());
+    config.stream = Some("FORGETS".into());
+    config.duplicate_window = Duration::from_secs(1);
+    config.ack_timeout = Duration::from_secs(2);
+    let sink = NatsSink::connect(config, "orders").await.expect("connect");
+    send_once(&sink, batch("f", 0..3))
+        .await
+        .expect("first batch");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    nats.restart().await;
+
+    let second = batch("f", 3..6);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut errors = Vec::new();
+    loop {
+        match send_once(&sink, second.clone()).await {
+            Ok(outcome) => {
+                assert!(outcome.rejected.is_empty());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Transient, "{}", e.chain());
+                assert!(Instant::now() < deadline, "not delivered: {}", e.chain());
+                errors.push(e.to_string());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("no longer knows the id of its last message")),
+        "{errors:?}"
+    );
+    let js = js_for(&nats.url()).await;
+    let stored: Vec<String> = read_stream(&js, "FORGETS", 6)
+        .await
+        .iter()
+        .map(msg_id)
+        .collect();
+    assert_eq!(stored, ["f-0", "f-1", "f-2", "f-3", "f-4", "f-5"]);
+}
