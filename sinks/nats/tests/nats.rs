@@ -620,6 +620,147 @@ async fn user_and_password_authentication() {
     assert!(!format!("{err:?}").contains("pw-2"));
 }
 
+/// A private server with the given configuration file text.
+async fn configured_server(config: &str) -> (ChildGuard, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.conf");
+    std::fs::write(&path, config).unwrap();
+    let (server, url) = auth_server(&["-c", path.to_str().unwrap()]).await;
+    (server, url, dir)
+}
+
+/// Publishing with an NKey seed to a server that knows the user's public key; a seed of
+/// another user is refused.
+#[tokio::test]
+async fn nkey_authentication() {
+    let user = nkeys::KeyPair::new_user();
+    let (_server, url, _dir) = configured_server(&format!(
+        "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+        user.public_key()
+    ))
+    .await;
+    let mut config = NatsConfig::new(&url);
+    config.jetstream = false;
+    config.nkey_seed = Some(Secret::new(user.seed().unwrap()));
+    let sink = NatsSink::connect(config.clone(), "orders")
+        .await
+        .expect("the user's seed");
+    let outcome = sink
+        .send(batch("nk", 0, 2))
+        .await
+        .unwrap()
+        .await
+        .expect("flushed");
+    assert!(outcome.rejected.is_empty());
+
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    config.nkey_seed = Some(Secret::new(stranger.clone()));
+    let err = NatsSink::connect(config, "orders")
+        .await
+        .expect_err("another user's seed");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    assert!(err.to_string().contains("refused the connection"), "{err}");
+    assert!(!format!("{err:?}").contains(&stranger));
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `claims`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": unique_name("jti").to_uppercase(),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{claims}");
+    let signature = URL_SAFE_NO_PAD.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{signature}")
+}
+
+/// A `.creds` file (user JWT and seed) for a server in operator mode: the sink signs the
+/// server's nonce with the seed and presents the JWT, which the server checks against the
+/// account and operator; a user signed by another account is refused.
+#[tokio::test]
+async fn creds_file_authentication() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1,
+        "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "acc",
+        json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let user_jwt = |signer: &nkeys::KeyPair| {
+        nats_jwt(
+            signer,
+            &user.public_key(),
+            "relay",
+            json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2}),
+        )
+    };
+    let (_server, url, dir) = configured_server(&format!(
+        "operator: \"{operator_jwt}\"\nresolver: MEMORY\nresolver_preload: {{ {}: \"{account_jwt}\" }}\n",
+        account.public_key()
+    ))
+    .await;
+    let creds = |jwt: &str| {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    };
+    let good = dir.path().join("relay.creds");
+    std::fs::write(&good, creds(&user_jwt(&account))).unwrap();
+    let mut config = NatsConfig::new(&url);
+    config.jetstream = false;
+    config.creds_file = Some(good);
+    let sink = NatsSink::connect(config.clone(), "orders")
+        .await
+        .expect("valid credentials");
+    let outcome = sink
+        .send(batch("cr", 0, 2))
+        .await
+        .unwrap()
+        .await
+        .expect("flushed");
+    assert!(outcome.rejected.is_empty());
+
+    let forged = dir.path().join("forged.creds");
+    std::fs::write(&forged, creds(&user_jwt(&nkeys::KeyPair::new_account()))).unwrap();
+    config.creds_file = Some(forged);
+    let err = NatsSink::connect(config.clone(), "orders")
+        .await
+        .expect_err("a user of an unknown account");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    assert!(err.to_string().contains("refused the connection"), "{err}");
+
+    config.creds_file = Some(dir.path().join("missing.creds"));
+    let err = NatsSink::connect(config, "orders")
+        .await
+        .expect_err("no such file");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    assert!(
+        err.to_string().contains("cannot read `creds_file`"),
+        "{err}"
+    );
+}
+
 /// Runs openssl with `args` in `dir`, failing the test with its output when it fails.
 fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new("openssl")
