@@ -224,6 +224,7 @@ impl Reader<'_> {
                 format!("expected a table of pipelines, found {}", other.type_str()),
             ),
         }
+        self.exclusive_streams(&pipelines);
         if self.errors.is_empty() {
             Ok(Config {
                 state,
@@ -235,6 +236,40 @@ impl Reader<'_> {
             Err(ConfigErrors(self.errors))
         }
     }
+
+    /// Two pipelines cannot both be the only writer of one NATS stream: their publishes
+    /// would break each other's order chain at run time.
+    #[cfg(feature = "nats")]
+    fn exclusive_streams(&mut self, pipelines: &[PipelineConfig]) {
+        let mut owners: Vec<(&str, &str, &str)> = Vec::new();
+        for p in pipelines {
+            let SinkSpec::Nats(nats) = &p.sink else {
+                continue;
+            };
+            let Some(stream) = nats.stream.as_deref().filter(|_| nats.is_exclusive()) else {
+                continue;
+            };
+            match owners
+                .iter()
+                .find(|(url, s, _)| *url == nats.url && *s == stream)
+            {
+                Some((_, _, owner)) => self.error(
+                    &["pipelines", &p.name, "sink", "stream"],
+                    format!(
+                        "pipelines.{}.sink.stream: pipelines {owner} and {} both write to NATS \
+                         stream {stream:?}, which exclusive_stream reserves for one pipeline; \
+                         give each pipeline a stream of its own, or set exclusive_stream = false \
+                         in both",
+                        p.name, p.name,
+                    ),
+                ),
+                None => owners.push((&nats.url, stream, &p.name)),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn exclusive_streams(&mut self, _pipelines: &[PipelineConfig]) {}
 
     fn pipeline(&mut self, name: &str, value: toml::Value) -> Option<PipelineConfig> {
         let path = ["pipelines", name];
@@ -770,6 +805,23 @@ type = "generate"
             e[0].contains("pipeline name \"a b\" may only contain letters, digits"),
             "{e:?}"
         );
+        let text = "[pipelines.a.source]\ntype = \"generate\"\n\
+                    [pipelines.a.sink]\ntype = \"nats\"\nurl = \"nats://n:4222\"\nstream = \"S\"\n\
+                    [pipelines.b.source]\ntype = \"generate\"\n\
+                    [pipelines.b.sink]\ntype = \"nats\"\nurl = \"nats://n:4222\"\nstream = \"S\"\n";
+        assert_eq!(
+            errors(text),
+            vec![
+                "p.toml:12:1: pipelines.b.sink.stream: pipelines a and b both write to NATS \
+                 stream \"S\", which exclusive_stream reserves for one pipeline; give each \
+                 pipeline a stream of its own, or set exclusive_stream = false in both"
+            ]
+        );
+        let shared = text.replace(
+            "stream = \"S\"\n",
+            "stream = \"S\"\nexclusive_stream = false\n",
+        );
+        assert!(parse("p.toml", &shared, &env).is_ok());
         let text = "[pipelines.a]\ndead_letter = \"dlq.{nope}\"\n[pipelines.a.source]\ntype = \"generate\"\n";
         let e = errors(text);
         assert_eq!(e.len(), 1);
