@@ -78,30 +78,79 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Writes the RFC 3339 text (`2026-12-03T12:00:00.123456Z`) into `out`, or `None` for
+    /// a year outside 0000–9999. Written digit by digit: serializing an envelope does this
+    /// once per event.
+    fn rfc3339(self, out: &mut [u8; 27]) -> Option<()> {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000) as u32;
+        let days = secs.div_euclid(86_400);
+        let of_day = secs.rem_euclid(86_400) as u32;
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        fn put(out: &mut [u8], mut value: u32) {
+            for slot in out.iter_mut().rev() {
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        put(&mut out[0..4], year as u32);
+        out[4] = b'-';
+        put(&mut out[5..7], month);
+        out[7] = b'-';
+        put(&mut out[8..10], day);
+        out[10] = b'T';
+        put(&mut out[11..13], of_day / 3600);
+        out[13] = b':';
+        put(&mut out[14..16], of_day / 60 % 60);
+        out[16] = b':';
+        put(&mut out[17..19], of_day % 60);
+        out[19] = b'.';
+        put(&mut out[20..26], micros);
+        out[26] = b'Z';
+        Some(())
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(1_000_000);
-        let micros = self.0.rem_euclid(1_000_000);
-        match OffsetDateTime::from_unix_timestamp(secs) {
-            Ok(dt) => write!(
-                f,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-                dt.year(),
-                u8::from(dt.month()),
-                dt.day(),
-                dt.hour(),
-                dt.minute(),
-                dt.second(),
-                micros
-            ),
-            Err(_) => write!(f, "{}", self.0),
+        let mut text = [0u8; 27];
+        match self.rfc3339(&mut text) {
+            // Only ASCII digits and separators were written.
+            Some(()) => f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?),
+            None => write!(f, "{}", self.0),
         }
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let mut text = [0u8; 27];
+        match self.rfc3339(&mut text) {
+            Some(()) => match std::str::from_utf8(&text) {
+                Ok(text) => serializer.serialize_str(text),
+                Err(_) => serializer.collect_str(self),
+            },
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -307,6 +356,40 @@ mod tests {
             assert_eq!(serde_json::to_value(op).unwrap(), json!(name));
             assert_eq!(op.to_string(), name);
         }
+    }
+
+    #[test]
+    fn timestamps_format_as_the_time_crate_does_across_the_range() {
+        let reference = |micros: i64| {
+            let dt = OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000)).unwrap();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                micros.rem_euclid(1_000_000)
+            )
+        };
+        // Every day from 1600 to 2400 (leap years, centuries, the epoch), at a time of day
+        // that moves through the hours, minutes, seconds and microseconds.
+        let first = -11_676_096_000i64; // 1600-01-01
+        for day in 0..292_195i64 {
+            let micros = (first + day * 86_400 + (day * 7_919) % 86_400) * 1_000_000
+                + (day * 104_729) % 1_000_000;
+            let ts = Timestamp::from_unix_micros(micros);
+            assert_eq!(ts.to_string(), reference(micros), "{micros}");
+            assert_eq!(
+                serde_json::to_string(&ts).unwrap(),
+                format!("\"{}\"", reference(micros))
+            );
+        }
+        assert_eq!(
+            Timestamp::from_unix_micros(i64::MAX).to_string(),
+            i64::MAX.to_string()
+        );
     }
 
     #[test]
