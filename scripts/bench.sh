@@ -125,6 +125,7 @@ set -a
 # shellcheck disable=SC1090
 . "$ENV_FILE"
 set +a
+SERVICES_DIR="$(dirname "$ENV_FILE")"
 PG_BIN="${OUTFLOW_PG_BIN:-/usr/lib/postgresql/15/bin}"
 PSQL=("$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h "$OUTFLOW_TEST_PG_HOST" -p "$OUTFLOW_TEST_PG_PORT"
     -U postgres)
@@ -208,25 +209,85 @@ EOF
 
 now_ns() { date +%s%N; }
 
+# CPU accounting: the CPU seconds (user + system) the server processes spent during a
+# drain, next to the harness' own. A walsender exits when its client disconnects; its time
+# then moves to the postmaster's reaped-children counters, which are counted too.
+service_pid() {
+    case "$1" in
+        postgres) head -1 "$SERVICES_DIR/pg/cluster/data/postmaster.pid" 2>/dev/null ;;
+        *) cat "$SERVICES_DIR/$1/pid" 2>/dev/null ;;
+    esac
+}
+
+# cpu_ticks SERVICE: clock ticks of the service's process and its children, own and reaped.
+cpu_ticks() {
+    local pid
+    pid="$(service_pid "$1")"
+    [[ -n "$pid" ]] || { echo 0; return; }
+    python3 - "$pid" <<'PY'
+import os, sys
+def ticks(pid):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    except (OSError, ValueError):
+        return 0
+def children(pid):
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            out += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    except OSError:
+        pass
+    return out
+pid = int(sys.argv[1])
+print(ticks(pid) + sum(ticks(c) for c in children(pid)))
+PY
+}
+
+CPU_SERVICES=(postgres nats tansu)
+CLK_TCK="$(getconf CLK_TCK)"
+# cpu_mark: the ticks of every service, space-separated.
+cpu_mark() {
+    local s out=()
+    for s in "${CPU_SERVICES[@]}"; do out+=("$(cpu_ticks "$s")"); done
+    echo "${out[*]}"
+}
+# cpu_json BEFORE AFTER: the difference as JSON members "cpu_<service>_s": seconds.
+cpu_json() {
+    python3 - "$1" "$2" "$CLK_TCK" "${CPU_SERVICES[@]}" <<'PY'
+import sys
+before, after, tck = sys.argv[1].split(), sys.argv[2].split(), int(sys.argv[3])
+names = sys.argv[4:]
+print(", ".join(f'"cpu_{n}_s": {(int(a) - int(b)) / tck}' for n, b, a in zip(names, before, after)))
+PY
+}
+
 # recvlogical SCENARIO SLOT EVENTS ENDPOS
 recvlogical() {
-    local t0 t1 secs
+    local t0 t1 secs cpu0 cpu1
+    cpu0="$(cpu_mark)"
     t0="$(now_ns)"
     timeout "$STAGE_TIMEOUT" "$PG_BIN/pg_recvlogical" -d "$DB_URL" --slot "$2" --start --no-loop --endpos "$4" \
         -o proto_version=1 -o "publication_names=$PUB" -f /dev/null \
         || die "pg_recvlogical failed on slot $2"
     t1="$(now_ns)"
+    sleep 0.3 # the walsender is reaped
+    cpu1="$(cpu_mark)"
     secs="$(python3 -c "print(($t1 - $t0) / 1e9)")"
     record "$1" "{\"bench\": \"drain\", \"sink\": \"pg_recvlogical\", \"events\": $3, \
-\"seconds\": $secs, \"events_per_sec\": $(python3 -c "print($3 / $secs)")}"
+\"seconds\": $secs, \"events_per_sec\": $(python3 -c "print($3 / $secs)"), $(cpu_json "$cpu0" "$cpu1")}"
 }
 
 # outflow_drain SCENARIO SLOT EVENTS SINK
 outflow_drain() {
-    local out
+    local out cpu0 cpu1
+    cpu0="$(cpu_mark)"
     out="$(timeout "$STAGE_TIMEOUT" "$BENCH" drain --pg-url "$DB_URL" --slot "$2" --publication "$PUB" \
         --expect "$3" --sink "$4")" || die "outflow drain to $4 failed on slot $2"
-    record "$1" "$out"
+    sleep 0.3 # the walsender is reaped
+    cpu1="$(cpu_mark)"
+    record "$1" "${out%\}}, $(cpu_json "$cpu0" "$cpu1")}"
 }
 
 # backlog SCENARIO WRITER SIZE: slots first, then the backlog, then every drain.
@@ -324,6 +385,19 @@ for scenario in ("bigtx", "smalltx", "generate"):
         if "peak_rss_bytes" in rs[0]:
             rss = f"{max(r['peak_rss_bytes'] for r in rs) / 2**20:.1f} (max)"
         print(f"{scenario:<10} {sink:<15} {len(rs):>4}  {fmt(rate):<32} {ratio:<24} {rss:<14}")
+cpu_rows = [(k, rs) for k, rs in groups.items() if "cpu_postgres_s" in rs[0]]
+if cpu_rows:
+    print()
+    print("CPU microseconds per event, median of the runs (user + system; postgres is every")
+    print("server process, mostly the walsender; the broker column is the sink's server)")
+    print(f"{'scenario':<10} {'sink':<15} {'outflow':>8} {'postgres':>9} {'broker':>8} {'total':>8}")
+    for (scenario, sink), rs in sorted(cpu_rows):
+        def per_event(key):
+            return statistics.median(r.get(key, 0.0) / r["events"] * 1e6 for r in rs)
+        own = per_event("cpu_seconds") if "cpu_seconds" in rs[0] else 0.0
+        pg = per_event("cpu_postgres_s")
+        broker = per_event({"nats": "cpu_nats_s", "kafka": "cpu_tansu_s"}.get(sink, "none"))
+        print(f"{scenario:<10} {sink:<15} {own:>8.1f} {pg:>9.1f} {broker:>8.1f} {own + pg + broker:>8.1f}")
 lags = {k: v for k, v in groups.items() if k[0] == "lag"}
 if lags:
     print()

@@ -175,6 +175,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// CPU seconds (user + system) this process used so far, or 0 where unknown.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name, which ends at the last ')': state is field 3, utime
+    // and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 /// The process's peak resident set size in bytes (`VmHWM`), or 0 where unknown.
 fn peak_rss_bytes() -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -226,6 +245,23 @@ impl Drop for StateDir {
     }
 }
 
+/// The pipeline settings: the defaults, or for experiments the TOML in
+/// `OUTFLOW_BENCH_SETTINGS` (keys of a `[pipelines.<name>]` table, e.g.
+/// `max_in_flight_bytes = 4194304`).
+fn settings() -> Result<PipelineSettings, Error> {
+    let Ok(text) = std::env::var("OUTFLOW_BENCH_SETTINGS") else {
+        return Ok(PipelineSettings::default());
+    };
+    let settings: PipelineSettings = toml::from_str(&text).map_err(|e| {
+        Error::fatal(format!(
+            "OUTFLOW_BENCH_SETTINGS is not valid pipeline settings: {e}"
+        ))
+    })?;
+    settings.validate()?;
+    eprintln!("pipeline settings from OUTFLOW_BENCH_SETTINGS: {settings:?}");
+    Ok(settings)
+}
+
 /// Runs `source` into `sink` (wrapped in `meter`) until the meter reached its target,
 /// then stops the pipeline. Returns the time from the pipeline's start to the target.
 async fn run_until_target(
@@ -237,7 +273,7 @@ async fn run_until_target(
     let store = Arc::new(FileStore::new(state.0.clone()));
     let mut reached = meter.reached();
     let sink: Arc<dyn EventSink> = Arc::new(meter.clone());
-    let pipeline = Pipeline::new("bench", PipelineSettings::default(), source, sink, store);
+    let pipeline = Pipeline::new("bench", settings()?, source, sink, store);
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     meter.start_clock(started);
@@ -284,10 +320,12 @@ async fn drain(args: DrainArgs) -> Result<String, Error> {
     let meter = Meter::new(sink, args.expect, false);
     let result = run_until_target(Box::new(source), meter.clone(), DRAIN_TIMEOUT).await;
     let peak = peak_rss_bytes();
+    let cpu = cpu_seconds();
     cleanup.run().await;
     let elapsed = result?;
     Ok(json!({
         "bench": "drain",
+        "cpu_seconds": cpu,
         "sink": args.sink.kind.as_str(),
         "events": meter.acked(),
         "seconds": elapsed.as_secs_f64(),
