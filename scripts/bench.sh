@@ -19,6 +19,8 @@
 # A stage that fails stops the script with a non-zero exit; a slow number never does.
 #
 # OUTFLOW_BENCH_BIN=PATH uses an outflow-bench binary built before (to compare builds).
+# OUTFLOW_BENCH_SETTINGS=TOML gives the harness pipeline settings other than the defaults
+# (keys of a [pipelines.<name>] table, e.g. 'intake = 512'), for experiments.
 # Services come from scripts/services.sh (OUTFLOW_SERVICES_DIR chooses a private set);
 # those this script starts are stopped at the end when OUTFLOW_STOP_SERVICES=1.
 set -euo pipefail
