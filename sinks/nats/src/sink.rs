@@ -69,6 +69,8 @@ struct Inner {
     dead_letter_covered: Mutex<HashSet<String>>,
     /// The order chain through the pipeline's own stream (`exclusive_stream`).
     chain: Option<Chain>,
+    /// Permission violations reported by the server.
+    violations: Violations,
 }
 
 impl std::fmt::Debug for NatsSink {
@@ -86,7 +88,11 @@ impl std::fmt::Debug for NatsSink {
 ///
 /// Unreachable servers give a transient error (the caller retries); refused credentials,
 /// unreadable files and TLS failures are fatal.
-pub(crate) async fn connect_client(config: &NatsConfig, pipeline: &str) -> Result<Client> {
+pub(crate) async fn connect_client(
+    config: &NatsConfig,
+    pipeline: &str,
+    violations: Violations,
+) -> Result<Client> {
     config.validate()?;
     // When several rustls crypto backends are compiled into one program (the Postgres
     // source brings aws-lc-rs, async-nats ring), rustls cannot pick one by itself and TLS
@@ -148,7 +154,13 @@ pub(crate) async fn connect_client(config: &NatsConfig, pipeline: &str) -> Resul
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let pipeline = events_pipeline.clone();
-            async move { log_event(&pipeline, event) }
+            let violations = violations.clone();
+            async move {
+                if let Event::ServerError(async_nats::ServerError::Other(text)) = &event {
+                    violations.record(text);
+                }
+                log_event(&pipeline, event)
+            }
         });
 
     options.connect(addrs).await.map_err(|err| {
@@ -212,6 +224,28 @@ fn reconnect_delay(attempts: usize) -> Duration {
         .min(MAX_RECONNECT_DELAY)
 }
 
+/// The permission violations the server reported (`-ERR 'Permissions Violation for
+/// Publish to "..."'`). The server drops such a publish without an answer, so a batch
+/// that then misses its acks fails fatally with the server's words instead of being
+/// retried forever.
+#[derive(Clone, Default)]
+pub(crate) struct Violations(Arc<Mutex<Option<String>>>);
+
+impl Violations {
+    fn record(&self, text: &str) {
+        if text.to_ascii_lowercase().contains("permissions violation") {
+            if let Ok(mut last) = self.0.lock() {
+                *last = Some(text.trim_matches('\'').to_string());
+            }
+        }
+    }
+
+    /// The latest violation not reported yet.
+    fn take(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|mut last| last.take())
+    }
+}
+
 fn log_event(pipeline: &str, event: Event) {
     match event {
         Event::Connected => info!(pipeline = %pipeline, "nats connected"),
@@ -252,7 +286,8 @@ impl NatsSink {
     /// Errors: transient when the server cannot be reached (retry later), fatal on
     /// invalid configuration, refused credentials, TLS failures or a missing stream.
     pub async fn connect(config: NatsConfig, pipeline: &str) -> Result<NatsSink> {
-        let client = connect_client(&config, pipeline).await?;
+        let violations = Violations::default();
+        let client = connect_client(&config, pipeline, violations.clone()).await?;
         let url = config.redacted_url();
         let info = client.server_info();
         info!(
@@ -321,6 +356,7 @@ impl NatsSink {
                 pipeline: pipeline.to_string(),
                 dead_letter_covered: Mutex::new(HashSet::new()),
                 chain,
+                violations,
             }),
         })
     }
@@ -391,6 +427,9 @@ impl Inner {
     /// after the reconnect, possibly after messages that were lost with the old
     /// connection, so refusing them keeps the window for reordering small.
     fn ensure_connected(&self) -> Result<()> {
+        if let Some(violation) = self.violations.take() {
+            return Err(self.permission_error(&violation));
+        }
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),
             state => Err(Error::transient(format!(
@@ -400,7 +439,20 @@ impl Inner {
         }
     }
 
+    fn permission_error(&self, violation: &str) -> Error {
+        Error::fatal(format!(
+            "NATS at {} refused the sink: {violation}; grant the connecting user publish \
+             permission on every subject the template makes (and `$JS.API.>` for JetStream) \
+             and subscribe permission on `_INBOX.>`",
+            self.url
+        ))
+    }
+
+    /// A transient timeout, or the fatal permission error that explains it.
     fn timed_out(&self, what: &str) -> Error {
+        if let Some(violation) = self.violations.take() {
+            return self.permission_error(&violation);
+        }
         Error::transient(format!(
             "{what} within ack_timeout ({:?}); NATS at {} is unreachable or overloaded",
             self.ack_timeout, self.url
@@ -854,7 +906,7 @@ impl EventSink for NatsSink {
 /// JetStream is enabled (in JetStream mode), and a stream captures the subjects, or
 /// `stream` names one that exists or would be created. Returns one line per finding.
 pub async fn check(config: &NatsConfig) -> Result<Vec<String>> {
-    let client = connect_client(config, "check").await?;
+    let client = connect_client(config, "check", Violations::default()).await?;
     let url = config.redacted_url();
     let info = client.server_info();
     let mut report = vec![format!(

@@ -663,6 +663,71 @@ async fn nkey_authentication() {
     assert!(!format!("{err:?}").contains(&stranger));
 }
 
+/// A user allowed to publish to `perm.order` but not `perm.invoice`: the server drops the
+/// forbidden publish without an answer, and the batch fails fatally with the server's
+/// words and what to grant, instead of timing out and being retried forever.
+#[tokio::test]
+async fn a_subject_the_user_may_not_publish_to_is_fatal_and_named() {
+    let store = tempfile::tempdir().unwrap();
+    let (_server, url, _dir) = configured_server(&format!(
+        "jetstream {{ store_dir: \"{}\" }}\n\
+         authorization {{ users = [ {{ user: relay, password: pw, permissions: {{\n\
+           publish: {{ allow: [\"$JS.API.>\", \"perm.order\"] }},\n\
+           subscribe: {{ allow: [\"_INBOX.>\"] }} }} }} ] }}\n",
+        store.path().display()
+    ))
+    .await;
+    let mut config = NatsConfig::new(&url);
+    config.subject = Template::parse("perm.{aggregate_type}").unwrap();
+    config.stream = Some("PERM".into());
+    config.user = Some("relay".into());
+    config.password = Some(Secret::new("pw"));
+    config.ack_timeout = Duration::from_secs(1);
+    let sink = NatsSink::connect(config, "orders")
+        .await
+        .expect("the user may use the JetStream API");
+
+    let outcome = sink
+        .send(Arc::from(vec![
+            event("p-0", "order", 0),
+            event("p-1", "order", 1),
+        ]))
+        .await
+        .unwrap()
+        .await
+        .expect("permitted subject");
+    assert!(outcome.rejected.is_empty());
+
+    let started = Instant::now();
+    let err = match sink.send(batch("p", 2, 2)).await {
+        Ok(pending) => pending.await.expect_err("forbidden subject"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    let text = err.to_string();
+    assert!(
+        text.contains(r#"Permissions Violation for Publish to "perm.invoice""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("grant the connecting user publish permission"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The permitted event of the failed batch is stored; the forbidden one is not.
+    let client = async_nats::ConnectOptions::with_user_and_password("relay".into(), "pw".into())
+        .connect(&url)
+        .await
+        .expect("test client connects");
+    let messages = read_stream(&jetstream::new(client), "PERM", 3).await;
+    assert_eq!(msg_ids(&messages), ["p-0", "p-1", "p-2"]);
+}
+
 /// A NATS JWT (`ed25519-nkey`) with `claims`, signed by `issuer`.
 fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
