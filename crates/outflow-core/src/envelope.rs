@@ -82,7 +82,7 @@ impl Timestamp {
     /// Writes the RFC 3339 text (`2026-12-03T12:00:00.123456Z`) into `out`, or `None` for
     /// a year outside 0000–9999. Written digit by digit: serializing an envelope does this
     /// once per event.
-    fn rfc3339(self, out: &mut [u8; 27]) -> Option<()> {
+    pub(crate) fn rfc3339(self, out: &mut [u8; 27]) -> Option<()> {
         let secs = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000) as u32;
         let days = secs.div_euclid(86_400);
@@ -236,6 +236,19 @@ pub fn event_id_from_position(pipeline: &str, partition: Option<&str>, position:
 }
 
 impl Envelope {
+    /// Appends the envelope as compact JSON: the same bytes as `serde_json::to_writer`,
+    /// written faster (the envelope format's body; see `docs/envelope.md`).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        crate::json::write_envelope(out, self);
+    }
+
+    /// The envelope as compact JSON (see [`Envelope::write_json`]).
+    pub fn to_json_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.approx_size());
+        self.write_json(&mut out);
+        out
+    }
+
     /// An approximation of the serialized size in bytes, used for batch limits.
     pub fn approx_size(&self) -> usize {
         fn value_size(v: &Value) -> usize {

@@ -71,7 +71,7 @@ impl Format {
             .collect();
         match self {
             Format::Envelope => Encoded {
-                body: serde_json::to_vec(event).expect("an envelope always serializes"),
+                body: event.to_json_vec(),
                 headers,
                 content_type: "application/json",
             },
@@ -125,10 +125,11 @@ impl Format {
 fn payload_body(payload: &Value) -> (Vec<u8>, &'static str) {
     match payload {
         Value::String(text) => (text.as_bytes().to_vec(), "text/plain; charset=utf-8"),
-        other => (
-            serde_json::to_vec(other).expect("a JSON value always serializes"),
-            "application/json",
-        ),
+        other => {
+            let mut body = Vec::new();
+            crate::json::write_value(&mut body, other);
+            (body, "application/json")
+        }
     }
 }
 

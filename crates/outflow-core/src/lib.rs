@@ -18,6 +18,7 @@ pub mod duration;
 mod envelope;
 mod error;
 mod format;
+mod json;
 pub mod metrics;
 mod position;
 mod secret;

@@ -736,10 +736,7 @@ impl EventSink for KafkaSink {
         if let TopicState::Invalid(why) = inner.check_topic(destination).await? {
             return Err(Error::fatal(format!("kafka: dead-letter topic: {why}")));
         }
-        let body = serde_json::to_vec(event).map_err(|e| {
-            Error::per_event("kafka: cannot serialize the event for the dead-letter topic")
-                .with_source(e)
-        })?;
+        let body = event.to_json_vec();
         let key = inner.key.render(event);
         let size = key.len() + body.len() + event.id.len() + reason.len();
         let headers = OwnedHeaders::new_with_capacity(3)

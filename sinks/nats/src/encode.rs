@@ -181,10 +181,7 @@ impl<'a> BatchEncoder<'a> {
                     put_header(&mut headers, name, value, &event.id)?;
                 }
                 self.body.clear();
-                serde_json::to_writer(&mut self.body, event).map_err(|e| {
-                    Error::per_event(format!("event {} cannot be serialized", event.id))
-                        .with_source(e)
-                })?;
+                event.write_json(&mut self.body);
                 (Bytes::copy_from_slice(&self.body), "application/json")
             }
             format => {
@@ -307,9 +304,7 @@ fn dead_letter_parts(
     reason: &str,
     omitted: Option<&str>,
 ) -> Result<(HeaderMap, Vec<u8>), Error> {
-    let body = serde_json::to_vec(event).map_err(|e| {
-        Error::per_event(format!("event {} cannot be serialized", event.id)).with_source(e)
-    })?;
+    let body = event.to_json_vec();
     let mut headers = HeaderMap::new();
     put_header(&mut headers, ERROR_HEADER, reason, &event.id)?;
     if let Some(omitted) = omitted {

@@ -14,7 +14,7 @@ use outflow_core::{Envelope, Format, HeaderStyle};
 fn write_lines(out: &mut Vec<u8>, format: Format, events: &[Envelope]) {
     for event in events {
         if format == Format::Envelope {
-            serde_json::to_writer(&mut *out, event).expect("an envelope always serializes");
+            event.write_json(out);
         } else {
             out.extend_from_slice(&format.encode(event, HeaderStyle::Dash).body);
         }
