@@ -123,6 +123,8 @@ struct LagArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // As the outflow binary does.
+    outflow_pipeline::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -11,6 +11,7 @@
 //! checkpoint stores `file` and `postgres`.
 
 pub mod generate;
+pub mod memory;
 mod runner;
 pub mod settings;
 pub mod sinks;

@@ -146,6 +146,7 @@ enum OnErrorArg {
 }
 
 fn main() -> ExitCode {
+    outflow_pipeline::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
