@@ -115,6 +115,14 @@ async fn send_once(
 async fn cut_connections_keep_the_stream_in_source_order() {
     const COUNT: u64 = 30_000;
     const CUTS: u64 = 6;
+    // The pipeline's and the sink's logs go to the test's output (shown when it fails).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| "outflow_pipeline=info,outflow_sink_nats=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let proxy = CutProxy::start(nats_url().trim_start_matches("nats://")).await;
     let prefix = unique_name("cut");
     let stream_name = unique_name("CUT");
@@ -147,10 +155,20 @@ async fn cut_connections_keep_the_stream_in_source_order() {
     // Closed at once, a connection loses what the proxy had not forwarded yet while the
     // client is still queueing publishes: both kinds of message exist at every cut.
     for (cut, at) in (1..=CUTS).map(|k| COUNT * k / (CUTS + 1)).enumerate() {
-        while stream_len(&js, &stream_name).await < at {
+        loop {
+            let held = stream_len(&js, &stream_name).await;
+            if held >= at {
+                break;
+            }
+            // A pipeline that stopped says why; one that still runs is stuck.
+            if run.is_finished() {
+                let outcome = run.await.expect("pipeline task");
+                panic!("cut {cut}: the pipeline ended at {held} of {at} messages: {outcome:?}");
+            }
             assert!(
                 Instant::now() < deadline,
-                "cut {cut}: the stream stopped growing"
+                "cut {cut}: the stream stopped growing at {held} of {at} messages, the \
+                 pipeline still running (its log is above)"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
