@@ -600,6 +600,7 @@ impl Inner {
             (Some(chain), Some(first)) => chain.begin(&first.id),
             _ => None,
         };
+        let mut acks_failed = false;
         for (index, event) in batch.iter().enumerate() {
             let Outgoing {
                 subject,
@@ -649,16 +650,26 @@ impl Inner {
                     before.push_str(&event.id);
                 }
             }
-            if tx
-                .send(InFlight {
-                    index,
-                    subject,
-                    ack,
-                })
-                .is_err()
+            // Once the ack task failed, its error resolves the batch and later acks are not
+            // awaited (the send hands the ack back, and it is dropped). The rest of the
+            // batch is still published: the chain must pass through every event of the
+            // batch, or the next batch would name a predecessor from the middle of this
+            // one, and every resend of it would be refused again.
+            if !acks_failed
+                && tx
+                    .send(InFlight {
+                        index,
+                        subject,
+                        ack,
+                    })
+                    .is_err()
             {
-                // The ack task already failed; its error resolves the batch.
-                break;
+                acks_failed = true;
+                debug!(
+                    pipeline = %self.pipeline,
+                    index,
+                    "the batch already failed; publishing its rest without awaiting acks"
+                );
             }
         }
         drop(tx);

@@ -345,3 +345,69 @@ async fn a_stream_that_forgot_its_last_id_restarts_the_chain() {
         .collect();
     assert_eq!(stored, ["f-0", "f-1", "f-2", "f-3", "f-4", "f-5"]);
 }
+
+/// A batch whose acks fail while it is still being published (its first publish is
+/// refused at once) is still published to its end, so the batch sent after it names the
+/// right predecessor: resending both, in order, as the runner does, delivers both. Had
+/// the sink stopped publishing at the failure, the next batch would follow an event from
+/// the middle of this one and be refused on every resend.
+#[tokio::test]
+async fn a_batch_failing_while_published_leaves_the_chain_whole() {
+    let mut nats = PrivateNats::start().await;
+    let mut config = NatsConfig::new(nats.url());
+    config.stream = Some("MIDWAY".into());
+    config.duplicate_window = Duration::from_secs(1);
+    config.ack_timeout = Duration::from_secs(2);
+    let sink = NatsSink::connect(config, "orders").await.expect("connect");
+    send_once(&sink, batch("m", 0..3))
+        .await
+        .expect("first batch");
+    // After a restart past the duplicate window the stream no longer knows its last id:
+    // the next batch's first publish, which names one, is refused at once.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    nats.restart().await;
+
+    let big = batch("m", 3..5_003);
+    let next = batch("m", 5_003..5_013);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // Both sent before either outcome is known, as the runner's window does.
+        let first = sink.send(big.clone()).await;
+        let second = sink.send(next.clone()).await;
+        let first = match first {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        let second = match second {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match (first, second) {
+            (Ok(a), Ok(b)) => {
+                assert!(a.rejected.is_empty() && b.rejected.is_empty());
+                break;
+            }
+            (a, b) => {
+                for e in [a.err(), b.err()].into_iter().flatten() {
+                    assert_eq!(e.kind(), ErrorKind::Transient, "{}", e.chain());
+                    assert!(
+                        Instant::now() < deadline,
+                        "not delivered after {attempts} attempts: {}",
+                        e.chain()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let js = js_for(&nats.url()).await;
+    let stored: Vec<String> = read_stream(&js, "MIDWAY", 5_013)
+        .await
+        .iter()
+        .map(msg_id)
+        .collect();
+    let expected: Vec<String> = (0..5_013).map(|n| format!("m-{n}")).collect();
+    assert_eq!(stored, expected);
+}
