@@ -244,7 +244,9 @@ impl Envelope {
 
     /// The envelope as compact JSON (see [`Envelope::write_json`]).
     pub fn to_json_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.approx_size());
+        // A typical outbox envelope's size; not `approx_size`, which walks the payload
+        // tree once more per event only to save a reallocation or two.
+        let mut out = Vec::with_capacity(512);
         self.write_json(&mut out);
         out
     }

@@ -379,7 +379,9 @@ async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str)
         if let Some(wanted) = config.stream.as_ref().or(owner.as_ref()) {
             if *wanted != found {
                 return Err(Error::fatal(format!(
-                    "exclusive_stream needs every subject of the sink in one stream,                      {wanted:?}, but stream {found:?} captures {subject:?}; change `subject`                      or `stream_subjects`, or set exclusive_stream = false"
+                    "exclusive_stream needs every subject of the sink in one stream, \
+                     {wanted:?}, but stream {found:?} captures {subject:?}; change `subject` \
+                     or `stream_subjects`, or set exclusive_stream = false"
                 )));
             }
         }
@@ -798,7 +800,9 @@ impl Inner {
         if let Some(chain) = &self.chain {
             if stream::stream_for_subject(js, subject).await?.as_deref() == Some(chain.stream()) {
                 return Err(Error::fatal(format!(
-                    "dead-letter subject {subject:?} is captured by stream {:?}, which                      exclusive_stream reserves for the pipeline's events in order; choose a                      dead-letter subject outside it (the default is outflow.dlq.<pipeline>)",
+                    "dead-letter subject {subject:?} is captured by stream {:?}, which \
+                     exclusive_stream reserves for the pipeline's events in order; choose a \
+                     dead-letter subject outside it (the default is outflow.dlq.<pipeline>)",
                     chain.stream()
                 )));
             }

@@ -7,12 +7,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::StreamExt;
 use outflow_core::{Envelope, ErrorKind, EventSink, Format, Op, SourceInfo, Template, Timestamp};
 use outflow_sink_nats::{check, NatsConfig, NatsSink, Secret};
 use outflow_testkit::{free_port, nats_url, unique_name, wait_for_tcp, ChildGuard, PrivateNats};
 use serde_json::{json, Value};
+
+mod common;
+use common::{header, js_for, msg_ids, read_stream};
 
 fn event(id: &str, aggregate_type: &str, n: usize) -> Envelope {
     Envelope {
@@ -57,55 +60,6 @@ fn shared_config(prefix: &str) -> NatsConfig {
     let mut config = NatsConfig::new(nats_url());
     config.subject = Template::parse(&format!("{prefix}.{{aggregate_type}}")).unwrap();
     config
-}
-
-async fn js_for(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url)
-        .await
-        .expect("test client connects");
-    jetstream::new(client)
-}
-
-/// Every message of a stream, read with an ephemeral pull consumer, after checking the
-/// stream holds exactly `expected` messages.
-async fn read_stream(
-    js: &jetstream::Context,
-    stream: &str,
-    expected: usize,
-) -> Vec<jetstream::Message> {
-    let mut st = js.get_stream(stream).await.expect("stream exists");
-    let held = st.info().await.expect("stream info").state.messages;
-    assert_eq!(
-        held, expected as u64,
-        "stream {stream} holds {held} messages"
-    );
-    let consumer = st
-        .create_consumer(consumer::pull::Config {
-            ack_policy: consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer created");
-    let mut messages = consumer.messages().await.expect("consumer messages");
-    let mut out = Vec::new();
-    while out.len() < expected {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {expected} messages arrived", out.len()));
-        out.push(next.expect("stream open").expect("message"));
-    }
-    out
-}
-
-fn header<'a>(msg: &'a jetstream::Message, name: &str) -> Option<&'a str> {
-    msg.headers.as_ref()?.get(name).map(|v| v.as_str())
-}
-
-fn msg_ids(messages: &[jetstream::Message]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| header(m, "Nats-Msg-Id").expect("Nats-Msg-Id").to_string())
-        .collect()
 }
 
 #[tokio::test]

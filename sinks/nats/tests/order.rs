@@ -8,66 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
+use async_nats::jetstream::stream;
 use outflow_core::{Envelope, ErrorKind, EventSink, Op, SourceInfo, Template};
 use outflow_pipeline::{FileStore, GenerateConfig, GenerateSource, Pipeline, PipelineSettings};
 use outflow_sink_nats::{NatsConfig, NatsSink};
 use outflow_testkit::{nats_url, unique_name, CutProxy, PrivateNats};
 use serde_json::{json, Value};
 
-async fn js_for(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url)
-        .await
-        .expect("test client connects");
-    jetstream::new(client)
-}
-
-/// Every message of a stream in stream order, after checking it holds `expected`.
-async fn read_stream(
-    js: &jetstream::Context,
-    stream: &str,
-    expected: usize,
-) -> Vec<jetstream::Message> {
-    let mut st = js.get_stream(stream).await.expect("stream exists");
-    let held = st.info().await.expect("stream info").state.messages;
-    assert_eq!(
-        held, expected as u64,
-        "stream {stream} holds {held} messages"
-    );
-    let consumer = st
-        .create_consumer(consumer::pull::Config {
-            ack_policy: consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer created");
-    let mut messages = consumer.messages().await.expect("consumer messages");
-    let mut out = Vec::new();
-    while out.len() < expected {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {expected} messages arrived", out.len()));
-        out.push(next.expect("stream open").expect("message"));
-    }
-    out
-}
-
-async fn stream_len(js: &jetstream::Context, stream: &str) -> u64 {
-    match js.get_stream(stream).await {
-        Ok(mut st) => st.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
-fn msg_id(msg: &jetstream::Message) -> String {
-    msg.headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Msg-Id"))
-        .expect("Nats-Msg-Id")
-        .as_str()
-        .to_string()
-}
+mod common;
+use common::{js_for, msg_id, read_stream, stream_len};
 
 fn event(id: &str, n: usize, filler: usize) -> Envelope {
     Envelope {
@@ -94,6 +43,24 @@ fn batch(prefix: &str, range: std::ops::Range<usize>) -> Arc<[Envelope]> {
     range
         .map(|n| event(&format!("{prefix}-{n}"), n, 0))
         .collect()
+}
+
+/// A private server whose stream `stream` (duplicate window 1 s) holds `<prefix>-0..3`,
+/// restarted after the window passed, so that the stream no longer knows its last id:
+/// the next publish that names one is refused at once.
+async fn forgetful_stream(stream: &str, prefix: &str) -> (PrivateNats, NatsSink) {
+    let mut nats = PrivateNats::start().await;
+    let mut config = NatsConfig::new(nats.url());
+    config.stream = Some(stream.into());
+    config.duplicate_window = Duration::from_secs(1);
+    config.ack_timeout = Duration::from_secs(2);
+    let sink = NatsSink::connect(config, "orders").await.expect("connect");
+    send_once(&sink, batch(prefix, 0..3))
+        .await
+        .expect("first batch");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    nats.restart().await;
+    (nats, sink)
 }
 
 /// Sends a batch once and waits for its outcome.
@@ -302,17 +269,7 @@ async fn an_event_the_stream_refuses_does_not_break_the_chain() {
 /// resend restarts the chain after the acknowledged predecessor.
 #[tokio::test]
 async fn a_stream_that_forgot_its_last_id_restarts_the_chain() {
-    let mut nats = PrivateNats::start().await;
-    let mut config = NatsConfig::new(nats.url());
-    config.stream = Some("FORGETS".into());
-    config.duplicate_window = Duration::from_secs(1);
-    config.ack_timeout = Duration::from_secs(2);
-    let sink = NatsSink::connect(config, "orders").await.expect("connect");
-    send_once(&sink, batch("f", 0..3))
-        .await
-        .expect("first batch");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    nats.restart().await;
+    let (nats, sink) = forgetful_stream("FORGETS", "f").await;
 
     let second = batch("f", 3..6);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -353,19 +310,7 @@ async fn a_stream_that_forgot_its_last_id_restarts_the_chain() {
 /// the middle of this one and be refused on every resend.
 #[tokio::test]
 async fn a_batch_failing_while_published_leaves_the_chain_whole() {
-    let mut nats = PrivateNats::start().await;
-    let mut config = NatsConfig::new(nats.url());
-    config.stream = Some("MIDWAY".into());
-    config.duplicate_window = Duration::from_secs(1);
-    config.ack_timeout = Duration::from_secs(2);
-    let sink = NatsSink::connect(config, "orders").await.expect("connect");
-    send_once(&sink, batch("m", 0..3))
-        .await
-        .expect("first batch");
-    // After a restart past the duplicate window the stream no longer knows its last id:
-    // the next batch's first publish, which names one, is refused at once.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    nats.restart().await;
+    let (nats, sink) = forgetful_stream("MIDWAY", "m").await;
 
     let big = batch("m", 3..5_003);
     let next = batch("m", 5_003..5_013);
@@ -410,4 +355,35 @@ async fn a_batch_failing_while_published_leaves_the_chain_whole() {
         .collect();
     let expected: Vec<String> = (0..5_013).map(|n| format!("m-{n}")).collect();
     assert_eq!(stored, expected);
+}
+
+/// A dead-letter subject inside the exclusive stream would put a message of another
+/// order into the chain: it is a fatal error that says what to choose instead, and
+/// nothing is written.
+#[tokio::test]
+async fn a_dead_letter_subject_inside_the_exclusive_stream_is_fatal() {
+    let prefix = unique_name("dlqin");
+    let stream_name = unique_name("EXCLDLQ");
+    let mut config = NatsConfig::new(nats_url());
+    config.subject = Template::parse(&format!("{prefix}.{{aggregate_type}}")).unwrap();
+    config.stream = Some(stream_name.clone());
+    config.stream_subjects = Some(vec![format!("{prefix}.>")]);
+    let sink = NatsSink::connect(config, "orders").await.expect("connect");
+    let inside = format!("{prefix}.dlq");
+    let err = sink
+        .dead_letter(&inside, &event("d-0", 0, 0), "too large")
+        .await
+        .expect_err("a dead letter inside the exclusive stream");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "dead-letter subject {inside:?} is captured by stream {stream_name:?}, which \
+             exclusive_stream reserves for the pipeline's events in order; choose a \
+             dead-letter subject outside it (the default is outflow.dlq.<pipeline>)"
+        )
+    );
+    let js = js_for(nats_url()).await;
+    assert_eq!(stream_len(&js, &stream_name).await, 0);
+    js.delete_stream(&stream_name).await.expect("delete stream");
 }
