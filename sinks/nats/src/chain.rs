@@ -33,6 +33,22 @@
 //!
 //! An event the stream itself refuses (larger than its `max_msg_size`) is never stored,
 //! so it never becomes anyone's predecessor once it was refused.
+//!
+//! # One acknowledgement per batch
+//!
+//! The chain makes a batch's last publish vouch for the whole batch: it is stored only
+//! right after its predecessor, which was stored only right after its own, and so on to
+//! the batch's first publish, which follows the previous batch. (JetStream answers a
+//! resent message that it stored before as a duplicate; that copy was stored under the
+//! same expectation, so the argument holds for it too.) A batch sent for the first time
+//! therefore asks for an acknowledgement of its last publish only, and publishes the
+//! others without a reply subject: the server neither writes nor sends an ack for them
+//! and the client keeps no reply state. What the stream refuses without a reply subject
+//! (an event over its `max_msg_size`, a message lost across a reconnect) is refused
+//! silently, but it breaks the chain, so the last publish is refused too and the batch
+//! fails. Its resend asks for an acknowledgement of every publish, which names the event
+//! the stream refuses, so a batch is never retried blind twice. Without a chain (shared
+//! streams) every publish is acknowledged.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -45,6 +61,17 @@ pub(crate) const EXPECTED_LAST_MSG_ID: &str = "Nats-Expected-Last-Msg-Id";
 /// How many batch starts are remembered; a resend always starts within the pipeline's
 /// window of batches in flight, which is far smaller.
 const STARTS: usize = 4096;
+
+/// Where a batch starts in the chain.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Start {
+    /// The id the batch's first publish must follow (`None`: publish without an
+    /// expectation).
+    pub(crate) before: Option<String>,
+    /// Whether a batch starting with the same event was sent before: this is a resend
+    /// after a failure.
+    pub(crate) resend: bool,
+}
 
 /// How JetStream's refusal of an expectation is to be handled.
 #[derive(Debug)]
@@ -71,7 +98,7 @@ struct State {
     /// predecessor again.
     starts: VecDeque<(String, Option<String>)>,
     /// Ids this sink published (and the stream's last id when it connected).
-    ours: Recent,
+    ours: Ours,
     /// The last event ids of batches whose every publish was acknowledged.
     acked: Recent,
     /// Ids the stream refused for good (per-event); they never become a predecessor.
@@ -83,10 +110,11 @@ struct State {
 
 impl Chain {
     /// A chain for `stream`, whose last stored message id was `stream_last` when the sink
-    /// connected. `capacity` is how many published ids are remembered to tell our own
-    /// messages from someone else's; it must cover every publish that can be in flight.
+    /// connected. Every id published since the last acknowledged batch is remembered,
+    /// and `capacity` more: how many acknowledged ones are still recognised as our own
+    /// when a server that lost its latest messages names one of them.
     pub(crate) fn new(stream: String, stream_last: Option<String>, capacity: usize) -> Chain {
-        let mut ours = Recent::new(capacity);
+        let mut ours = Ours::new(capacity);
         if let Some(id) = &stream_last {
             ours.insert(id);
         }
@@ -114,9 +142,9 @@ impl Chain {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a batch whose first event is `first`: returns the id its first publish must
-    /// follow (`None`: publish without an expectation).
-    pub(crate) fn begin(&self, first: &str) -> Option<String> {
+    /// Starts a batch whose first event is `first`: where its first publish goes in the
+    /// chain, and whether the batch was sent before.
+    pub(crate) fn begin(&self, first: &str) -> Start {
         let mut state = self.lock();
         let remembered = state
             .starts
@@ -124,6 +152,7 @@ impl Chain {
             .rev()
             .find(|(id, _)| id == first)
             .map(|(_, before)| before.clone());
+        let resend = remembered.is_some();
         let before = match remembered {
             Some(before) => before,
             None => {
@@ -139,10 +168,13 @@ impl Chain {
             let stored = before.as_deref().is_none_or(|id| state.acked.contains(id));
             if stored {
                 state.lost_track = false;
-                return None;
+                return Start {
+                    before: None,
+                    resend,
+                };
             }
         }
-        before
+        Start { before, resend }
     }
 
     /// Records that `id` is about to be published. It counts as ours from now on: a
@@ -172,7 +204,9 @@ impl Chain {
     /// Records that every publish of a batch up to and including `last_id` was
     /// acknowledged.
     pub(crate) fn acknowledged(&self, last_id: &str) {
-        self.lock().acked.insert(last_id);
+        let mut state = self.lock();
+        state.acked.insert(last_id);
+        state.ours.acknowledged(last_id);
     }
 
     /// Records that the stream refused `id` for good (a per-event error).
@@ -201,8 +235,8 @@ impl Chain {
             }
             Some(id) if state.ours.contains(id) => Refusal::Transient(Error::transient(format!(
                 "stream {:?} refused a publish to {subject:?} that did not follow its last \
-                 message {id:?} (messages queued across a reconnect); the batch is resent in \
-                 order",
+                 message {id:?} (a message before it was lost across a reconnect or refused \
+                 by the stream); the batch is resent in order, each publish acknowledged",
                 self.stream
             ))),
             Some(id) => Refusal::Fatal(Error::fatal(format!(
@@ -222,6 +256,59 @@ impl Chain {
     }
 }
 
+/// The ids this sink published: every one since the last acknowledged batch, exactly
+/// (however long the pipeline's window of batches in flight, and however often they are
+/// resent), and a fixed number of older ones.
+#[derive(Debug)]
+struct Ours {
+    /// Ids published since the last acknowledged batch (and its last id), in the order
+    /// they were first published, which is the chain's order.
+    unacked: VecDeque<u64>,
+    unacked_set: HashSet<u64>,
+    /// The most recently published ids, acknowledged or not.
+    recent: Recent,
+}
+
+impl Ours {
+    fn new(capacity: usize) -> Ours {
+        Ours {
+            unacked: VecDeque::new(),
+            unacked_set: HashSet::new(),
+            recent: Recent::new(capacity),
+        }
+    }
+
+    /// Records a publish of `id`; a resend of an id already recorded changes nothing.
+    fn insert(&mut self, id: &str) {
+        let h = hash(id);
+        if self.unacked_set.insert(h) {
+            self.unacked.push_back(h);
+            self.recent.insert_hash(h);
+        }
+    }
+
+    /// Forgets, from the exact part, the ids published before `last_id` (kept): the
+    /// stream's last message is `last_id` or one after it.
+    fn acknowledged(&mut self, last_id: &str) {
+        let h = hash(last_id);
+        if !self.unacked_set.contains(&h) {
+            return;
+        }
+        while let Some(front) = self.unacked.pop_front() {
+            if front == h {
+                self.unacked.push_front(h);
+                break;
+            }
+            self.unacked_set.remove(&front);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        let h = hash(id);
+        self.unacked_set.contains(&h) || self.recent.contains_hash(h)
+    }
+}
+
 /// A fixed number of the most recently inserted ids, kept as hashes.
 #[derive(Debug)]
 struct Recent {
@@ -238,7 +325,10 @@ impl Recent {
     }
 
     fn insert(&mut self, id: &str) {
-        let h = hash(id);
+        self.insert_hash(hash(id));
+    }
+
+    fn insert_hash(&mut self, h: u64) {
         if self.ring.len() < self.ring.capacity() {
             self.ring.push(h);
         } else {
@@ -248,7 +338,10 @@ impl Recent {
     }
 
     fn contains(&self, id: &str) -> bool {
-        let h = hash(id);
+        self.contains_hash(hash(id))
+    }
+
+    fn contains_hash(&self, h: u64) -> bool {
         self.ring.contains(&h)
     }
 }
@@ -270,7 +363,7 @@ mod tests {
 
     fn publish(chain: &Chain, ids: &[&str]) -> Vec<Option<String>> {
         let mut expected = Vec::new();
-        let mut before = chain.begin(ids[0]);
+        let mut before = chain.begin(ids[0]).before;
         for id in ids {
             expected.push(before.clone());
             chain.publishing(id);
@@ -301,6 +394,23 @@ mod tests {
         // The batch starting at c failed: it and every later batch are resent.
         assert_eq!(publish(&c, &["c", "d"]), [some("b"), some("c")]);
         assert_eq!(publish(&c, &["e", "f"]), [some("d"), some("e")]);
+    }
+
+    #[test]
+    fn a_batch_sent_before_is_a_resend() {
+        let c = chain();
+        assert_eq!(
+            c.begin("a"),
+            Start {
+                before: None,
+                resend: false
+            }
+        );
+        publish(&c, &["a", "b"]);
+        assert!(!c.begin("c").resend);
+        assert!(c.begin("a").resend);
+        assert!(c.begin("c").resend);
+        assert!(!c.begin("d").resend);
     }
 
     #[test]
@@ -349,11 +459,45 @@ mod tests {
         let forgotten = "wrong last msg ID:  (code 400, error code 10070)";
         assert!(matches!(c.refusal("x", forgotten), Refusal::Transient(_)));
         // b's batch is not acknowledged yet: c keeps expecting b.
-        assert_eq!(c.begin("c"), some("b"));
+        assert_eq!(c.begin("c").before, some("b"));
         c.acknowledged("b");
         // Now b is stored: c may go without an expectation, once.
-        assert_eq!(c.begin("c"), None);
-        assert_eq!(c.begin("c"), some("b"));
+        assert_eq!(c.begin("c").before, None);
+        assert_eq!(c.begin("c").before, some("b"));
+    }
+
+    #[test]
+    fn every_unacknowledged_id_is_ours_however_many_were_resent() {
+        let c = Chain::new("S".into(), Some("at-start".into()), 4);
+        let ids: Vec<String> = (0..100).map(|n| format!("e{n}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // Sent and resent many times over, never acknowledged: far more publishes than
+        // the 4 remembered beyond the unacknowledged ones.
+        for _ in 0..10 {
+            publish(&c, &refs);
+        }
+        let named = |id: &str| format!("wrong last msg ID: {id} (code 400, error code 10070)");
+        for id in ["at-start", "e0", "e50", "e99"] {
+            assert!(
+                matches!(c.refusal("x", &named(id)), Refusal::Transient(_)),
+                "{id}"
+            );
+        }
+        // Acknowledged up to e49: e0..e48 are forgotten but for the 4 most recent
+        // publishes (e96..e99), e49 and later are still ours.
+        c.acknowledged("e49");
+        for id in ["e49", "e50", "e99", "e96"] {
+            assert!(
+                matches!(c.refusal("x", &named(id)), Refusal::Transient(_)),
+                "{id}"
+            );
+        }
+        for id in ["at-start", "e0", "e48"] {
+            assert!(
+                matches!(c.refusal("x", &named(id)), Refusal::Fatal(_)),
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //!   publish ack once the stream stored the message, `duplicate: true` when the
 //!   `Nats-Msg-Id` was already stored within the stream's duplicate window, an API error,
 //!   or a "no responders" status when no stream captures the subject.
+//! - A JetStream publish without a reply subject is stored all the same, unanswered. On
+//!   an exclusive stream the order chain lets one acknowledged publish vouch for every
+//!   one before it, so a batch sent for the first time asks for the ack of its last
+//!   publish only (see [`crate::chain`]).
 //! - While the connection is down, async-nats keeps reconnecting in the background and
 //!   queues commands in a bounded channel; nothing bounds how long a caller waits unless
 //!   it sets timeouts. Every wait here (queueing a publish, an ack, a flush) is bounded
@@ -395,7 +399,8 @@ async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str)
         last = last.as_deref().unwrap_or(""),
         "exclusive stream: every publish names its predecessor (Nats-Expected-Last-Msg-Id)"
     );
-    // Every publish that can be in flight, twice over.
+    // Acknowledged ids still recognised as ours (a server that lost its latest messages
+    // names an older one); every unacknowledged one is recognised in any case.
     let capacity = config.max_pending.saturating_mul(2).max(32_768);
     Ok(Chain::new(name, last, capacity))
 }
@@ -413,11 +418,20 @@ async fn within<F: std::future::Future>(
     }
 }
 
+/// A publish queued with a reply subject, or why its event can never be sent.
+enum Queued {
+    Ack(PublishAckFuture),
+    Rejected(Rejection),
+}
+
 /// One publish awaiting its ack.
 struct InFlight {
     index: usize,
     subject: async_nats::Subject,
     ack: PublishAckFuture,
+    /// Publishes without a reply subject went before it in the batch, and its ack is
+    /// what says they were stored.
+    vouches: bool,
 }
 
 impl Inner {
@@ -548,6 +562,7 @@ impl Inner {
             index,
             subject,
             ack,
+            vouches,
         }) = acks.recv().await
         {
             match ack.await {
@@ -571,6 +586,16 @@ impl Inner {
                     }
                     _ => {
                         let rejection = self.publish_error(&js, index, &subject, err).await?;
+                        if vouches {
+                            // The stream refused this event for itself, which says nothing
+                            // of the unacknowledged publishes before it.
+                            return Err(Error::transient(format!(
+                                "the stream refused the event at index {index} of the batch, \
+                                 whose ack was to confirm the publishes before it; the batch \
+                                 is resent, each publish acknowledged"
+                            ))
+                            .with_source(rejection.error));
+                        }
                         if let Some(chain) = &self.chain {
                             chain.refused(&batch[index].id);
                         }
@@ -597,11 +622,20 @@ impl Inner {
             tokio::spawn(Arc::clone(self).drive_acks(js.clone(), Arc::clone(&batch), rx));
         let mut rejected = Vec::new();
         let mut encoder = BatchEncoder::new(&self.subject, self.format, max_payload);
-        // The id the next publish must follow, when publishes are chained.
-        let mut before = match (&self.chain, batch.first()) {
-            (Some(chain), Some(first)) => chain.begin(&first.id),
-            _ => None,
+        // The id the next publish must follow, when publishes are chained; and whether
+        // every publish is acknowledged, or only the batch's last (see `crate::chain`).
+        let (mut before, ack_each) = match (&self.chain, batch.first()) {
+            (Some(chain), Some(first)) => {
+                let start = chain.begin(&first.id);
+                (start.before, start.resend)
+            }
+            _ => (None, true),
         };
+        // The last publish sent without a reply subject and not vouched for yet by an
+        // acknowledged one after it, with the id it followed.
+        let mut unvouched: Option<(usize, Option<String>)> = None;
+        // Whether any publish of the batch went without a reply subject.
+        let mut sent_unacked = false;
         let mut acks_failed = false;
         for (index, event) in batch.iter().enumerate() {
             let Outgoing {
@@ -619,16 +653,14 @@ impl Inner {
             if let Some(chain) = &self.chain {
                 chain.publishing(&event.id);
             }
-            let published = within(
-                self.ack_timeout,
-                js.publish_with_headers(subject.clone(), headers, body),
-            )
-            .await;
-            let subject_str: &str = &subject;
-            let ack = match published {
-                Ok(Ok(ack)) => ack,
-                Ok(Err(err)) => match self.publish_error(js, index, subject_str, err).await {
-                    Ok(rejection) => {
+            let acked = ack_each || index + 1 == batch.len();
+            let ack = if acked {
+                match self
+                    .queue_acked(js, index, subject.clone(), headers, body)
+                    .await
+                {
+                    Ok(Queued::Ack(ack)) => Some(ack),
+                    Ok(Queued::Rejected(rejection)) => {
                         rejected.push(rejection);
                         continue;
                     }
@@ -636,42 +668,86 @@ impl Inner {
                         driver.abort();
                         return Err(error);
                     }
-                },
-                Err(_) => {
-                    driver.abort();
-                    return Err(self.timed_out(&format!(
-                        "could not queue the publish to {subject_str:?} (connection down, or \
-                         max_pending acks outstanding)"
-                    )));
+                }
+            } else {
+                match self.queue_unacked(index, &subject, headers, body).await {
+                    Ok(None) => {
+                        sent_unacked = true;
+                        None
+                    }
+                    Ok(Some(rejection)) => {
+                        rejected.push(rejection);
+                        continue;
+                    }
+                    Err(error) => {
+                        driver.abort();
+                        return Err(error);
+                    }
                 }
             };
             if let Some(chain) = &self.chain {
                 if chain.published(&event.id) {
+                    unvouched = match ack {
+                        Some(_) => None,
+                        None => Some((index, before.clone())),
+                    };
                     let before = before.get_or_insert_with(String::new);
                     before.clear();
                     before.push_str(&event.id);
                 }
             }
-            // Once the ack task failed, its error resolves the batch and later acks are not
-            // awaited (the send hands the ack back, and it is dropped). The rest of the
-            // batch is still published: the chain must pass through every event of the
-            // batch, or the next batch would name a predecessor from the middle of this
-            // one, and every resend of it would be refused again.
-            if !acks_failed
-                && tx
-                    .send(InFlight {
+            if let Some(ack) = ack {
+                let in_flight = InFlight {
+                    index,
+                    subject,
+                    ack,
+                    vouches: sent_unacked,
+                };
+                acks_failed = self.hand_over(&tx, acks_failed, in_flight);
+            }
+        }
+        // The batch's last event was not published (rejected before it left), so no
+        // acknowledged publish vouches for the ones before it: publish the last of those
+        // again, asking for an ack. JetStream answers it as a duplicate when it was stored.
+        if let Some((index, followed)) = unvouched {
+            let queued = match encoder.encode(&batch[index], followed.as_deref()) {
+                Ok(Outgoing {
+                    subject,
+                    headers,
+                    body,
+                }) => self
+                    .queue_acked(js, index, subject.clone(), headers, body)
+                    .await
+                    .map(|queued| (subject, queued)),
+                Err(error) => Err(Error::transient(format!(
+                    "nats sink: event {} could not be encoded again to confirm its batch",
+                    batch[index].id
+                ))
+                .with_source(error)),
+            };
+            match queued {
+                Ok((subject, Queued::Ack(ack))) => {
+                    let in_flight = InFlight {
                         index,
                         subject,
                         ack,
-                    })
-                    .is_err()
-            {
-                acks_failed = true;
-                debug!(
-                    pipeline = %self.pipeline,
-                    index,
-                    "the batch already failed; publishing its rest without awaiting acks"
-                );
+                        vouches: true,
+                    };
+                    self.hand_over(&tx, acks_failed, in_flight);
+                }
+                Ok((_, Queued::Rejected(rejection))) => {
+                    driver.abort();
+                    return Err(Error::transient(format!(
+                        "nats sink: event {} was published, but could not be published \
+                         again to confirm its batch; the batch is resent",
+                        batch[index].id
+                    ))
+                    .with_source(rejection.error));
+                }
+                Err(error) => {
+                    driver.abort();
+                    return Err(error);
+                }
             }
         }
         drop(tx);
@@ -683,6 +759,102 @@ impl Inner {
             rejected.sort_by_key(|r| r.index);
             Ok(BatchOutcome { rejected })
         }))
+    }
+
+    /// Queues a JetStream publish that asks for an ack: the ack's future, or the event's
+    /// rejection when the publish cannot be sent at all.
+    async fn queue_acked(
+        &self,
+        js: &jetstream::Context,
+        index: usize,
+        subject: async_nats::Subject,
+        headers: async_nats::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Queued> {
+        let published = within(
+            self.ack_timeout,
+            js.publish_with_headers(subject.clone(), headers, body),
+        )
+        .await;
+        match published {
+            Ok(Ok(ack)) => Ok(Queued::Ack(ack)),
+            Ok(Err(err)) => self
+                .publish_error(js, index, &subject, err)
+                .await
+                .map(Queued::Rejected),
+            Err(_) => Err(self.timed_out(&format!(
+                "could not queue the publish to {:?} (connection down, or max_pending acks \
+                 outstanding)",
+                subject.as_str()
+            ))),
+        }
+    }
+
+    /// Queues a publish without a reply subject, vouched for by an acknowledged publish
+    /// after it in the chain: the event's rejection when it cannot be sent at all.
+    async fn queue_unacked(
+        &self,
+        index: usize,
+        subject: &async_nats::Subject,
+        headers: async_nats::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Option<Rejection>> {
+        let published = within(
+            self.ack_timeout,
+            self.client
+                .publish_with_headers(subject.clone(), headers, body),
+        )
+        .await;
+        match published {
+            Ok(Ok(())) => Ok(None),
+            Ok(Err(err)) => match err.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                | async_nats::client::PublishErrorKind::InvalidSubject => Ok(Some(Rejection {
+                    index,
+                    error: Error::per_event(format!(
+                        "NATS refused the message to {:?}",
+                        subject.as_str()
+                    ))
+                    .with_source(err),
+                })),
+                async_nats::client::PublishErrorKind::Send => Err(Error::transient(format!(
+                    "the connection to NATS at {} is closed",
+                    self.url
+                ))
+                .with_source(err)),
+            },
+            Err(_) => Err(self.timed_out(&format!(
+                "could not queue the publish to {:?} (connection down)",
+                subject.as_str()
+            ))),
+        }
+    }
+
+    /// Hands an ack to the batch's ack task; returns whether the task has failed (then
+    /// the ack is dropped). Once the ack task failed, its error resolves the batch and
+    /// later acks are not awaited, but the rest of the batch is still published: the
+    /// chain must pass through every event of the batch, or the next batch would name a
+    /// predecessor from the middle of this one, and every resend of it would be refused
+    /// again.
+    fn hand_over(
+        &self,
+        tx: &mpsc::UnboundedSender<InFlight>,
+        failed: bool,
+        in_flight: InFlight,
+    ) -> bool {
+        if failed {
+            return true;
+        }
+        let index = in_flight.index;
+        if tx.send(in_flight).is_err() {
+            debug!(
+                pipeline = %self.pipeline,
+                index,
+                "the batch already failed; publishing its rest without awaiting acks"
+            );
+            return true;
+        }
+        false
     }
 
     async fn send_core(&self, batch: Arc<[Envelope]>) -> Result<Pending> {

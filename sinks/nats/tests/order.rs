@@ -216,8 +216,10 @@ async fn another_publisher_on_an_exclusive_stream_is_fatal() {
 }
 
 /// A stream refuses one event as larger than its `max_msg_size` (the server would take
-/// it): the events after it are refused as out of chain on the first send, and the
-/// resend, as the runner makes it, delivers them in order and reports only the big one.
+/// it). The first send asks for the ack of its last publish only, which is refused as
+/// out of chain; the first resend acknowledges every publish and learns which event the
+/// stream refuses (the ones after it, already sent, are refused as out of chain once
+/// more); the second resend delivers the rest in order and reports only the big one.
 #[tokio::test]
 async fn an_event_the_stream_refuses_does_not_break_the_chain() {
     let prefix = unique_name("refused");
@@ -240,11 +242,20 @@ async fn an_event_the_stream_refuses_does_not_break_the_chain() {
         .map(|n| event(&format!("r-{n}"), n, if n == 2 { 4_000 } else { 0 }))
         .collect();
     let first = send_once(&sink, events.clone()).await;
-    let err = first.expect_err("the event after the refused one is out of chain");
+    let err = first.expect_err("the batch's last publish is out of chain");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{}", err.chain());
+    assert!(
+        err.to_string()
+            .contains("that did not follow its last message \"r-1\""),
+        "{}",
+        err.chain()
+    );
+    let second = send_once(&sink, events.clone()).await;
+    let err = second.expect_err("the events after the refused one are out of chain");
     assert_eq!(err.kind(), ErrorKind::Transient, "{}", err.chain());
     let outcome = send_once(&sink, events.clone())
         .await
-        .expect("the resend is delivered");
+        .expect("the second resend is delivered");
     let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
     assert_eq!(rejected, [2]);
     assert!(
@@ -386,4 +397,186 @@ async fn a_dead_letter_subject_inside_the_exclusive_stream_is_fatal() {
     let js = js_for(nats_url()).await;
     assert_eq!(stream_len(&js, &stream_name).await, 0);
     js.delete_stream(&stream_name).await.expect("delete stream");
+}
+
+/// The JetStream publish acks a private server sends, as `(sequence, duplicate)`, read
+/// by a second client listening on every reply inbox.
+struct AckTap {
+    acks: Arc<std::sync::Mutex<Vec<(u64, bool)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AckTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AckTap {
+    async fn start(url: &str) -> AckTap {
+        let client = async_nats::connect(url).await.expect("tap connects");
+        let mut inbox = client.subscribe("_INBOX.>").await.expect("tap subscribes");
+        client.flush().await.expect("tap flushed");
+        let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&acks);
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Some(msg) = futures::StreamExt::next(&mut inbox).await {
+                let Ok(body) = serde_json::from_slice::<Value>(&msg.payload) else {
+                    continue;
+                };
+                if let (Some(_), Some(seq)) = (body.get("stream"), body["seq"].as_u64()) {
+                    let duplicate = body["duplicate"].as_bool().unwrap_or(false);
+                    seen.lock().unwrap().push((seq, duplicate));
+                }
+            }
+        });
+        AckTap { acks, task }
+    }
+
+    /// The acks seen so far, after letting the last ones arrive.
+    async fn acks(&self) -> Vec<(u64, bool)> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.acks.lock().unwrap().clone()
+    }
+}
+
+async fn private_sink(nats: &PrivateNats, stream: &str, exclusive: bool) -> NatsSink {
+    let mut config = NatsConfig::new(nats.url());
+    config.stream = Some(stream.into());
+    config.exclusive_stream = Some(exclusive);
+    NatsSink::connect(config, "orders").await.expect("connect")
+}
+
+/// On an exclusive stream a batch sent for the first time asks for the ack of its last
+/// publish only: three pipelined batches of 200 events cost three acks, and the stream
+/// holds all 600 in order. On a shared stream every publish is acknowledged.
+#[tokio::test]
+async fn an_exclusive_stream_acknowledges_each_batch_once() {
+    let nats = PrivateNats::start().await;
+    let tap = AckTap::start(&nats.url()).await;
+    let sink = private_sink(&nats, "ONCE", true).await;
+    let mut pending = Vec::new();
+    for n in 0..3 {
+        pending.push(
+            sink.send(batch("o", n * 200..(n + 1) * 200))
+                .await
+                .expect("sent"),
+        );
+    }
+    for p in pending {
+        assert!(p.await.expect("delivered").rejected.is_empty());
+    }
+    assert_eq!(tap.acks().await, [(200, false), (400, false), (600, false)]);
+    let js = js_for(&nats.url()).await;
+    let stored: Vec<String> = read_stream(&js, "ONCE", 600)
+        .await
+        .iter()
+        .map(msg_id)
+        .collect();
+    let expected: Vec<String> = (0..600).map(|n| format!("o-{n}")).collect();
+    assert_eq!(stored, expected);
+
+    let shared = PrivateNats::start().await;
+    let tap = AckTap::start(&shared.url()).await;
+    let sink = private_sink(&shared, "EACH", false).await;
+    let outcome = send_once(&sink, batch("s", 0..200))
+        .await
+        .expect("delivered");
+    assert!(outcome.rejected.is_empty());
+    let acks = tap.acks().await;
+    assert_eq!(acks.len(), 200, "{acks:?}");
+    assert!(acks
+        .iter()
+        .enumerate()
+        .all(|(i, a)| *a == (i as u64 + 1, false)));
+}
+
+/// The batch's last event is too large for the server and never leaves: the last event
+/// that was published is published again with a reply subject, JetStream answers it as
+/// a duplicate, and that ack vouches for the batch. The next batch follows it.
+#[tokio::test]
+async fn a_batch_whose_last_event_never_left_is_vouched_for_by_the_one_before() {
+    let nats = PrivateNats::start_with_max_payload(4_096).await;
+    let tap = AckTap::start(&nats.url()).await;
+    let sink = private_sink(&nats, "VOUCH", true).await;
+    let events: Arc<[Envelope]> = (0..5)
+        .map(|n| event(&format!("v-{n}"), n, if n == 4 { 8_000 } else { 0 }))
+        .collect();
+    let outcome = send_once(&sink, events).await.expect("delivered");
+    let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, [4]);
+    assert!(
+        outcome.rejected[0]
+            .error
+            .to_string()
+            .contains("max_payload"),
+        "{}",
+        outcome.rejected[0].error
+    );
+    assert_eq!(tap.acks().await, [(4, true)]);
+    let outcome = send_once(&sink, batch("v", 5..8))
+        .await
+        .expect("next batch");
+    assert!(outcome.rejected.is_empty());
+    let js = js_for(&nats.url()).await;
+    let stored: Vec<String> = read_stream(&js, "VOUCH", 7)
+        .await
+        .iter()
+        .map(msg_id)
+        .collect();
+    assert_eq!(stored, ["v-0", "v-1", "v-2", "v-3", "v-5", "v-6", "v-7"]);
+}
+
+/// The stream refuses the batch's last event for itself (over its `max_msg_size`): that
+/// says nothing of the unacknowledged publishes before it, so the batch fails with a
+/// transient error saying so, and its resend, every publish acknowledged, reports the
+/// event and delivers the others.
+#[tokio::test]
+async fn a_refused_last_event_vouches_for_nothing() {
+    let nats = PrivateNats::start().await;
+    let js = js_for(&nats.url()).await;
+    js.create_stream(stream::Config {
+        name: "LASTBIG".into(),
+        subjects: vec!["outbox.event.*".into()],
+        max_message_size: 2_000,
+        ..Default::default()
+    })
+    .await
+    .expect("stream created");
+    let sink = private_sink(&nats, "LASTBIG", true).await;
+    let events: Arc<[Envelope]> = (0..5)
+        .map(|n| event(&format!("l-{n}"), n, if n == 4 { 4_000 } else { 0 }))
+        .collect();
+    let err = send_once(&sink, events.clone())
+        .await
+        .expect_err("the refused last event cannot vouch");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{}", err.chain());
+    assert!(
+        err.to_string().contains(
+            "the stream refused the event at index 4 of the batch, whose ack was to confirm \
+             the publishes before it; the batch is resent, each publish acknowledged"
+        ),
+        "{}",
+        err.chain()
+    );
+    let outcome = send_once(&sink, events)
+        .await
+        .expect("the resend is delivered");
+    let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, [4]);
+    assert!(
+        outcome.rejected[0]
+            .error
+            .to_string()
+            .contains("max_msg_size"),
+        "{}",
+        outcome.rejected[0].error
+    );
+    let stored: Vec<String> = read_stream(&js, "LASTBIG", 4)
+        .await
+        .iter()
+        .map(msg_id)
+        .collect();
+    assert_eq!(stored, ["l-0", "l-1", "l-2", "l-3"]);
 }
