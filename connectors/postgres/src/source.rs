@@ -361,6 +361,14 @@ impl PostgresSource {
         p: &mut Progress,
         item: SourceItem,
     ) -> Result<Flow, Error> {
+        if ctx.is_shutdown_requested() {
+            return Ok(Flow::Shutdown);
+        }
+        // Room now (the common case while draining): no wait to set up.
+        if let Some(permit) = ctx.try_reserve()? {
+            permit.send(item);
+            return Ok(Flow::Continue);
+        }
         loop {
             tokio::select! {
                 biased;

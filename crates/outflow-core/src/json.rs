@@ -111,9 +111,16 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        // serde_json's own number text (integers exactly, floats shortest round-trip).
+        // serde_json's own number text: integers in decimal (serde_json uses itoa too),
+        // floats shortest round-trip through serde_json itself.
         Value::Number(n) => {
-            serde_json::to_writer(&mut *out, n).expect("writing to a Vec cannot fail")
+            if let Some(n) = n.as_u64() {
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            } else if let Some(n) = n.as_i64() {
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            } else {
+                serde_json::to_writer(&mut *out, n).expect("writing to a Vec cannot fail")
+            }
         }
         Value::String(text) => write_str(out, text),
         Value::Array(items) => {
@@ -163,6 +170,32 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    if is_plain(bytes) {
+        // Nearly every string: one copy, no byte-by-byte walk.
+        out.extend_from_slice(bytes);
+    } else {
+        write_escaped(out, bytes);
+    }
+    out.push(b'"');
+}
+
+/// Whether no byte of `bytes` needs escaping: eight bytes at a time, then the tail.
+#[inline]
+fn is_plain(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if needs_escape(u64::from_le_bytes(chunk.try_into().expect("eight bytes"))) {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// The body of a string with at least one byte to escape, without its quotes.
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -201,7 +234,6 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
         start = i;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]

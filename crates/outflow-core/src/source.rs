@@ -140,6 +140,16 @@ impl SourceContext {
         self.items.reserve().await.map_err(|_| closed())
     }
 
+    /// Room for one item if there is some now: `Ok(None)` when the pipeline is full.
+    /// Lets a source skip setting up a wait (a `select!` with timers) in the common case.
+    pub fn try_reserve(&self) -> Result<Option<mpsc::Permit<'_, SourceItem>>> {
+        match self.items.try_reserve() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(mpsc::error::TrySendError::Full(())) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(closed()),
+        }
+    }
+
     /// The latest committed positions by partition.
     pub fn committed(&self) -> Checkpoints {
         self.committed.borrow().clone()
@@ -174,4 +184,30 @@ impl SourceContext {
 
 fn closed() -> Error {
     Error::fatal("the pipeline stopped reading from the source")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn try_reserve_tells_room_from_full_from_closed() {
+        let (ctx, mut handle) = SourceContext::new("p", 1, Checkpoints::new());
+        let permit = ctx.try_reserve().unwrap().expect("room for one item");
+        permit.send(SourceItem::Checkpoint(Checkpoint::new("1")));
+        assert!(ctx.try_reserve().unwrap().is_none(), "full after one item");
+        match handle.items.try_recv().unwrap() {
+            SourceItem::Checkpoint(c) => assert_eq!(c, Checkpoint::new("1")),
+            other => panic!("unexpected item {other:?}"),
+        }
+        assert!(ctx.try_reserve().unwrap().is_some(), "room again once read");
+        drop(handle);
+        let err = ctx.try_reserve().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Fatal);
+        assert_eq!(
+            err.to_string(),
+            "the pipeline stopped reading from the source"
+        );
+    }
 }

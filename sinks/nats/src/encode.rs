@@ -57,12 +57,16 @@ pub(crate) fn subject_for(template: &Template, event: &Envelope) -> Result<Strin
     let subject = template.render(event);
     match invalid_subject(&subject) {
         None => Ok(subject),
-        Some(why) => Err(Error::per_event(format!(
-            "subject {subject:?} rendered from {:?} for event {} {why}",
-            template.as_str(),
-            event.id
-        ))),
+        Some(why) => Err(invalid_subject_error(&subject, template, event, why)),
     }
+}
+
+fn invalid_subject_error(subject: &str, template: &Template, event: &Envelope, why: &str) -> Error {
+    Error::per_event(format!(
+        "subject {subject:?} rendered from {:?} for event {} {why}",
+        template.as_str(),
+        event.id
+    ))
 }
 
 /// Appends a header, refusing names and values NATS cannot carry.
@@ -134,6 +138,11 @@ pub(crate) struct BatchEncoder<'a> {
     max_payload: usize,
     /// The subject once rendered and checked, when the template substitutes nothing.
     constant_subject: Option<Subject>,
+    /// The last subject rendered and checked: consecutive events of one aggregate type
+    /// share it instead of each checking and allocating its own.
+    last_subject: Option<Subject>,
+    /// The buffer subjects are rendered into.
+    rendered: String,
     content_type: HeaderName,
     expected_last: HeaderName,
     body: Vec<u8>,
@@ -146,6 +155,8 @@ impl<'a> BatchEncoder<'a> {
             format,
             max_payload,
             constant_subject: None,
+            last_subject: None,
+            rendered: String::new(),
             content_type: HeaderName::from_static(CONTENT_TYPE),
             expected_last: HeaderName::from_static(crate::chain::EXPECTED_LAST_MSG_ID),
             body: Vec::new(),
@@ -156,10 +167,27 @@ impl<'a> BatchEncoder<'a> {
         if let Some(subject) = &self.constant_subject {
             return Ok(subject.clone());
         }
-        let subject = Subject::from(subject_for(self.template, event)?);
         if self.template.is_constant() {
+            let subject = Subject::from(subject_for(self.template, event)?);
             self.constant_subject = Some(subject.clone());
+            return Ok(subject);
         }
+        self.template.render_into(event, &mut self.rendered);
+        if let Some(last) = &self.last_subject {
+            if last.as_str() == self.rendered {
+                return Ok(last.clone());
+            }
+        }
+        if let Some(why) = invalid_subject(&self.rendered) {
+            return Err(invalid_subject_error(
+                &self.rendered,
+                self.template,
+                event,
+                why,
+            ));
+        }
+        let subject = Subject::from(self.rendered.as_str());
+        self.last_subject = Some(subject.clone());
         Ok(subject)
     }
 
@@ -433,6 +461,48 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::PerEvent);
             assert!(err.to_string().contains("empty token"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_reused_subject_is_only_reused_for_the_same_text() {
+        let template = template();
+        let mut encoder = BatchEncoder::new(&template, Format::Envelope, 1 << 20);
+        let mut empty = event();
+        empty.aggregate_type = String::new();
+        let mut spaced = event();
+        spaced.aggregate_type = "a b".into();
+        let mut other = event();
+        other.aggregate_type = "invoice".into();
+        let subjects: Vec<Result<String, String>> = [
+            event(),
+            event(),
+            empty.clone(),
+            event(),
+            spaced,
+            empty,
+            other,
+            event(),
+        ]
+        .iter()
+        .map(|ev| {
+            encoder
+                .encode(ev, None)
+                .map(|m| m.subject.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+        let ok = |s: &str| Ok(s.to_string());
+        assert_eq!(subjects[0], ok("outbox.event.order"));
+        assert_eq!(subjects[1], ok("outbox.event.order"));
+        assert!(subjects[2]
+            .as_ref()
+            .unwrap_err()
+            .contains("\"outbox.event.\""));
+        assert_eq!(subjects[3], ok("outbox.event.order"));
+        assert!(subjects[4].as_ref().unwrap_err().contains("whitespace"));
+        assert!(subjects[5].as_ref().unwrap_err().contains("empty token"));
+        assert_eq!(subjects[6], ok("outbox.event.invoice"));
+        assert_eq!(subjects[7], ok("outbox.event.order"));
     }
 
     #[test]
