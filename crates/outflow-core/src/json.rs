@@ -24,13 +24,36 @@ pub(crate) fn write_envelope(out: &mut Vec<u8>, e: &Envelope) {
     out.extend_from_slice(b",\"event_type\":");
     write_str(out, &e.event_type);
     out.extend_from_slice(b",\"payload\":");
-    write_value(out, &e.payload);
+    let payload = out.len()..{
+        write_value(out, &e.payload);
+        out.len()
+    };
     out.extend_from_slice(b",\"key\":");
     write_option(out, e.key.as_ref());
     out.extend_from_slice(b",\"before\":");
     write_option(out, e.before.as_ref());
     out.extend_from_slice(b",\"after\":");
-    write_option(out, e.after.as_ref());
+    match &e.after {
+        // An outbox row holds the payload again as one of its columns: that member's
+        // text is the payload's, already written, and is copied instead.
+        Some(Value::Object(row)) if matches!(e.payload, Value::Object(_) | Value::Array(_)) => {
+            out.push(b'{');
+            for (i, (name, member)) in row.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, name);
+                out.push(b':');
+                if *member == e.payload {
+                    out.extend_from_within(payload.clone());
+                } else {
+                    write_value(out, member);
+                }
+            }
+            out.push(b'}');
+        }
+        after => write_option(out, after.as_ref()),
+    }
     out.extend_from_slice(b",\"headers\":{");
     for (i, (name, value)) in e.headers.iter().enumerate() {
         if i > 0 {
@@ -396,6 +419,20 @@ mod tests {
             full.source.commit_time = Some(Timestamp::from_unix_micros(micros));
             assert_same(&full);
         }
+        // The payload again as a column of the row, next to a column equal to it
+        // only in part, and as the whole row.
+        full.after = Some(json!({
+            "id": 7,
+            "payload": full.payload.clone(),
+            "similar": {"total": 12.5, "lines": [{"sku": "a\"1", "qty": 3}]},
+            "z": full.payload.clone(),
+        }));
+        assert_same(&full);
+        full.after = Some(full.payload.clone());
+        assert_same(&full);
+        full.payload = json!([1, "two", {"three": null}]);
+        full.after = Some(json!({"payload": [1, "two", {"three": null}], "other": [1]}));
+        assert_same(&full);
         full.payload = Value::String("plain text payload".into());
         assert_same(&full);
         full.id = String::new();

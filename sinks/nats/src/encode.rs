@@ -76,20 +76,30 @@ pub(crate) fn put_header(
     value: &str,
     event_id: &str,
 ) -> Result<(), Error> {
-    let header = HeaderName::from_str(name).map_err(|e| {
-        Error::per_event(format!(
-            "event {event_id}: header name {name:?} cannot be sent over NATS"
-        ))
-        .with_source(e)
-    })?;
-    let value = HeaderValue::from_str(value).map_err(|e| {
+    let header = header_name(name, event_id)?;
+    let value = header_value(name, value, event_id)?;
+    headers.insert(header, value);
+    Ok(())
+}
+
+/// A header value, refused when NATS cannot carry it (a line break).
+fn header_value(name: &str, value: &str, event_id: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(value).map_err(|e| {
         Error::per_event(format!(
             "event {event_id}: the value of header {name:?} cannot be sent over NATS"
         ))
         .with_source(e)
-    })?;
-    headers.insert(header, value);
-    Ok(())
+    })
+}
+
+/// A header name, refused when NATS cannot carry it.
+fn header_name(name: &str, event_id: &str) -> Result<HeaderName, Error> {
+    HeaderName::from_str(name).map_err(|e| {
+        Error::per_event(format!(
+            "event {event_id}: header name {name:?} cannot be sent over NATS"
+        ))
+        .with_source(e)
+    })
 }
 
 /// The bytes a header block takes on the wire (`NATS/1.0\r\n`, one `name: value\r\n`
@@ -144,9 +154,17 @@ pub(crate) struct BatchEncoder<'a> {
     /// The buffer subjects are rendered into.
     rendered: String,
     content_type: HeaderName,
+    /// `application/json`, the envelope format's media type, checked once.
+    json: HeaderValue,
     expected_last: HeaderName,
+    /// The names of the events' own headers met so far, checked once each (a few names,
+    /// such as `traceparent`, recur on every event).
+    names: Vec<(String, HeaderName)>,
     body: Vec<u8>,
 }
+
+/// How many distinct event header names an encoder remembers.
+const REMEMBERED_NAMES: usize = 16;
 
 impl<'a> BatchEncoder<'a> {
     pub(crate) fn new(template: &'a Template, format: Format, max_payload: usize) -> Self {
@@ -158,9 +176,23 @@ impl<'a> BatchEncoder<'a> {
             last_subject: None,
             rendered: String::new(),
             content_type: HeaderName::from_static(CONTENT_TYPE),
+            json: HeaderValue::from_str("application/json").expect("a valid header value"),
             expected_last: HeaderName::from_static(crate::chain::EXPECTED_LAST_MSG_ID),
+            names: Vec::new(),
             body: Vec::new(),
         }
+    }
+
+    /// An event header's name, checked the first time it is met.
+    fn name(&mut self, name: &str, event_id: &str) -> Result<HeaderName, Error> {
+        if let Some((_, known)) = self.names.iter().find(|(text, _)| text == name) {
+            return Ok(known.clone());
+        }
+        let checked = header_name(name, event_id)?;
+        if self.names.len() < REMEMBERED_NAMES {
+            self.names.push((name.to_string(), checked.clone()));
+        }
+        Ok(checked)
     }
 
     fn subject(&mut self, event: &Envelope) -> Result<Subject, Error> {
@@ -205,31 +237,31 @@ impl<'a> BatchEncoder<'a> {
             // The envelope format is the envelope as JSON with the event's headers
             // (`Format::encode`), written here into the reused buffer.
             Format::Envelope => {
-                for (name, value) in &event.headers {
-                    put_header(&mut headers, name, value, &event.id)?;
+                for (text, value) in &event.headers {
+                    let name = self.name(text, &event.id)?;
+                    headers.insert(name, header_value(text, value, &event.id)?);
                 }
                 self.body.clear();
                 event.write_json(&mut self.body);
-                (Bytes::copy_from_slice(&self.body), "application/json")
+                (Bytes::copy_from_slice(&self.body), self.json.clone())
             }
             format => {
                 let encoded = format.encode(event, HeaderStyle::Dash);
                 for (name, value) in &encoded.headers {
                     put_header(&mut headers, name, value, &event.id)?;
                 }
-                (Bytes::from(encoded.body), encoded.content_type)
+                let content_type = encoded.content_type;
+                let value = HeaderValue::from_str(content_type).map_err(|e| {
+                    Error::per_event(format!(
+                        "event {}: content type {content_type:?} cannot be sent over NATS",
+                        event.id
+                    ))
+                    .with_source(e)
+                })?;
+                (Bytes::from(encoded.body), value)
             }
         };
-        headers.insert(
-            self.content_type.clone(),
-            HeaderValue::from_str(content_type).map_err(|e| {
-                Error::per_event(format!(
-                    "event {}: content type {content_type:?} cannot be sent over NATS",
-                    event.id
-                ))
-                .with_source(e)
-            })?,
-        );
+        headers.insert(self.content_type.clone(), content_type);
         let id = HeaderValue::from_str(&event.id).map_err(|e| {
             Error::per_event(format!(
                 "event id {:?} cannot be sent as Nats-Msg-Id",
@@ -461,6 +493,44 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::PerEvent);
             assert!(err.to_string().contains("empty token"), "{err}");
         }
+    }
+
+    #[test]
+    fn header_names_are_checked_once_and_each_event_keeps_its_own_values() {
+        let template = template();
+        let mut encoder = BatchEncoder::new(&template, Format::Envelope, 1 << 20);
+        // More distinct names than the encoder remembers, each seen twice.
+        for round in 0..2 {
+            for i in 0..(REMEMBERED_NAMES + 4) {
+                let mut ev = event();
+                ev.headers.insert(format!("h{i}"), format!("v{i}-{round}"));
+                let m = encoder.encode(&ev, None).unwrap();
+                assert_eq!(
+                    m.headers.get(format!("h{i}").as_str()).unwrap().as_str(),
+                    format!("v{i}-{round}")
+                );
+                assert_eq!(m.headers.get("traceparent").unwrap().as_str(), "00-a-b-01");
+                assert_eq!(m.headers.len(), 4, "h{i}, traceparent, id, content type");
+            }
+        }
+        let mut bad = event();
+        bad.headers.insert("bad:name".into(), "v".into());
+        for _ in 0..2 {
+            let err = encoder.encode(&bad, None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::PerEvent);
+            assert!(
+                err.to_string().contains("header name \"bad:name\""),
+                "{err}"
+            );
+        }
+        let mut broken = event();
+        broken.headers.insert("traceparent".into(), "a\r\nb".into());
+        let err = encoder.encode(&broken, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the value of header \"traceparent\""),
+            "{err}"
+        );
     }
 
     #[test]
