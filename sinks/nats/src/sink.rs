@@ -377,9 +377,25 @@ async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str)
     let subjects = capture_subjects(config)?;
     let mut owner: Option<String> = None;
     for subject in &subjects {
-        let found = stream::stream_for_subject(js, subject)
-            .await?
-            .ok_or_else(|| stream::missing_stream_error(config.subject.as_str(), subject))?;
+        // Each stream knows only its own last id: a chain cannot span two streams.
+        let found = match stream::streams_for_subject(js, subject).await?.as_slice() {
+            [] => {
+                return Err(stream::missing_stream_error(
+                    config.subject.as_str(),
+                    subject,
+                ))
+            }
+            [one] => one.clone(),
+            [first, rest @ ..] => {
+                let rest: Vec<String> = rest.iter().map(|n| format!("{n:?}")).collect();
+                return Err(Error::fatal(format!(
+                    "exclusive_stream needs every subject of the sink in one stream, but \
+                     streams {first:?} and {} share {subject:?}; give the sink one stream \
+                     (`stream`), or set exclusive_stream = false",
+                    rest.join(" and ")
+                )));
+            }
+        };
         if let Some(wanted) = config.stream.as_ref().or(owner.as_ref()) {
             if *wanted != found {
                 return Err(Error::fatal(format!(

@@ -231,6 +231,35 @@ pub(crate) async fn cover_subject(
     Ok(())
 }
 
+/// The names of every stream whose subjects overlap `subject` (up to the API's first
+/// page, 1,024 names), sorted.
+pub(crate) async fn streams_for_subject(
+    js: &jetstream::Context,
+    subject: &str,
+) -> Result<Vec<String>, Error> {
+    let what = format!("cannot list the JetStream streams of subject {subject:?}");
+    let response: serde_json::Value = js
+        .request("STREAM.NAMES", &serde_json::json!({ "subject": subject }))
+        .await
+        .map_err(|e| request_error(&what, e))?;
+    if let Some(error) = response.get("error") {
+        let description = error
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or("no description");
+        return Err(Error::fatal(format!("{what}: {description}")));
+    }
+    let mut names: Vec<String> = match response.get("streams") {
+        Some(serde_json::Value::Array(names)) => names
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    names.sort();
+    Ok(names)
+}
+
 /// The name of a stream whose subjects overlap `subject` (a literal subject or one with
 /// wildcards), if any.
 pub(crate) async fn stream_for_subject(

@@ -215,6 +215,47 @@ async fn another_publisher_on_an_exclusive_stream_is_fatal() {
     js.delete_stream(&stream_name).await.expect("delete stream");
 }
 
+/// `exclusive_stream` without `stream`, on a subject template whose subjects two streams
+/// share between them: one chain cannot span two streams (each knows only its own last
+/// id), so connecting fails and names both.
+#[tokio::test]
+async fn an_exclusive_stream_must_capture_every_subject() {
+    let prefix = unique_name("split");
+    let first = unique_name("SPLITA");
+    let second = unique_name("SPLITB");
+    let js = js_for(nats_url()).await;
+    for (name, kind) in [(&first, "a"), (&second, "b")] {
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.{kind}.events")],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    }
+    let mut config = NatsConfig::new(nats_url());
+    config.subject = Template::parse(&format!("{prefix}.{{aggregate_type}}.events")).unwrap();
+    config.exclusive_stream = Some(true);
+    let err = NatsSink::connect(config.clone(), "orders")
+        .await
+        .expect_err("two streams cannot form one chain");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    let mut both = [first.clone(), second.clone()];
+    both.sort();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "exclusive_stream needs every subject of the sink in one stream, but streams \
+             {:?} and {:?} share \"{prefix}.>\"; give the sink one stream (`stream`), or \
+             set exclusive_stream = false",
+            both[0], both[1]
+        )
+    );
+    for name in [&first, &second] {
+        js.delete_stream(name).await.expect("delete stream");
+    }
+}
+
 /// A stream refuses one event as larger than its `max_msg_size` (the server would take
 /// it). The first send asks for the ack of its last publish only, which is refused as
 /// out of chain; the first resend acknowledges every publish and learns which event the
