@@ -37,20 +37,13 @@ pub(crate) fn write_envelope(out: &mut Vec<u8>, e: &Envelope) {
         // An outbox row holds the payload again as one of its columns: that member's
         // text is the payload's, already written, and is copied instead.
         Some(Value::Object(row)) if matches!(e.payload, Value::Object(_) | Value::Array(_)) => {
-            out.push(b'{');
-            for (i, (name, member)) in row.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, name);
-                out.push(b':');
+            write_object(out, row, |out, member| {
                 if *member == e.payload {
                     out.extend_from_within(payload.clone());
                 } else {
                     write_value(out, member);
                 }
-            }
-            out.push(b'}');
+            })
         }
         after => write_option(out, after.as_ref()),
     }
@@ -156,19 +149,26 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        Value::Object(members) => {
-            out.push(b'{');
-            for (i, (name, member)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, name);
-                out.push(b':');
-                write_value(out, member);
-            }
-            out.push(b'}');
-        }
+        Value::Object(members) => write_object(out, members, write_value),
     }
+}
+
+/// Appends an object, members in the map's own order, each value written by `value`.
+fn write_object(
+    out: &mut Vec<u8>,
+    members: &serde_json::Map<String, Value>,
+    mut value: impl FnMut(&mut Vec<u8>, &Value),
+) {
+    out.push(b'{');
+    for (i, (name, member)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        value(out, member);
+    }
+    out.push(b'}');
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::{
-    CreateStreamError, CreateStreamErrorKind, GetStreamByNameErrorKind, GetStreamError,
-    GetStreamErrorKind, RequestError, RequestErrorKind, UpdateStreamError,
+    CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, RequestError,
+    RequestErrorKind, UpdateStreamError,
 };
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, stream, ErrorCode};
@@ -261,33 +261,12 @@ pub(crate) async fn streams_for_subject(
 }
 
 /// The name of a stream whose subjects overlap `subject` (a literal subject or one with
-/// wildcards), if any.
+/// wildcards), if any: the first of [`streams_for_subject`].
 pub(crate) async fn stream_for_subject(
     js: &jetstream::Context,
     subject: &str,
 ) -> Result<Option<String>, Error> {
-    match js.stream_by_subject(subject).await {
-        Ok(name) => Ok(Some(name)),
-        Err(err) => match err.kind() {
-            GetStreamByNameErrorKind::NotFound => Ok(None),
-            GetStreamByNameErrorKind::Request => match api_error(&err) {
-                Some(req) if req.kind() == RequestErrorKind::NoResponders => Err(request_error(
-                    "cannot list JetStream streams",
-                    RequestError::new(RequestErrorKind::NoResponders),
-                )),
-                _ => Err(Error::transient(format!(
-                    "cannot look up the JetStream stream of subject {subject:?}"
-                ))
-                .with_source(err)),
-            },
-            GetStreamByNameErrorKind::InvalidSubject => Err(Error::fatal(format!(
-                "{subject:?} is not a valid NATS subject"
-            ))),
-            GetStreamByNameErrorKind::JetStream(api) => Err(Error::fatal(format!(
-                "cannot look up the JetStream stream of subject {subject:?}: {api}"
-            ))),
-        },
-    }
+    Ok(streams_for_subject(js, subject).await?.into_iter().next())
 }
 
 /// The `Nats-Msg-Id` of the last message stream `name` holds, if it has one.
