@@ -2,14 +2,17 @@
 
 use std::collections::BTreeMap;
 
-use outflow_core::{event_id_from_position, Envelope, Error, Op, SourceInfo, Timestamp};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use outflow_core::{event_id_from_position, Envelope, Error, Op, RawJson, SourceInfo, Timestamp};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tracing::{debug, trace, warn};
 
 use crate::config::{Mode, OutboxColumns};
 use crate::decoder::{OldTuple, Relation, TupleValue};
 use crate::lsn::Lsn;
-use crate::values::{row_image, Kind};
+use crate::values::{member_prefix, row_image, Kind, RowImage};
 
 /// Microseconds from the Unix epoch to Postgres' epoch, 2000-01-01 00:00 UTC.
 pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -37,6 +40,8 @@ pub(crate) struct RelationInfo {
     pub(crate) collection: String,
     /// Column names and kinds, in tuple order.
     pub(crate) columns: Vec<(String, Kind)>,
+    /// Each column's name as it opens its member of a row image (`"name":`).
+    members: Vec<String>,
     /// Replica identity flags per column.
     identity: Vec<bool>,
     /// The columns of the key: the primary key, or the replica identity without one.
@@ -61,6 +66,10 @@ impl RelationInfo {
             .iter()
             .zip(kinds)
             .map(|(c, k)| (c.name.clone(), k))
+            .collect();
+        let members = columns
+            .iter()
+            .map(|(name, _)| member_prefix(name))
             .collect();
         let position = |name: &str| columns.iter().position(|(n, _)| n == name);
         let identity: Vec<bool> = relation.columns.iter().map(|c| c.is_key).collect();
@@ -92,6 +101,7 @@ impl RelationInfo {
         Ok(RelationInfo {
             collection,
             columns,
+            members,
             identity,
             key,
             outbox,
@@ -103,8 +113,8 @@ impl RelationInfo {
         tuple: &[TupleValue<'_>],
         only: Option<&[bool]>,
         unchanged: &mut Vec<String>,
-    ) -> Result<Map<String, Value>, Error> {
-        row_image(&self.columns, tuple, only, unchanged).map_err(|e| {
+    ) -> Result<RowImage, Error> {
+        row_image(&self.columns, &self.members, tuple, only, unchanged).map_err(|e| {
             Error::fatal(format!(
                 "a change of {} does not match its relation: {e}; this is a bug in outflow \
                  or a server it does not support",
@@ -114,27 +124,30 @@ impl RelationInfo {
     }
 
     /// The key columns of a row image, as a JSON object.
-    fn key_of(&self, row: &Map<String, Value>) -> Value {
-        let mut key = Map::new();
-        for &i in &self.key {
-            let name = &self.columns[i].0;
-            key.insert(name.clone(), row.get(name).cloned().unwrap_or(Value::Null));
+    fn key_of(&self, row: &RowImage) -> RawJson {
+        let mut key = String::with_capacity(64);
+        key.push('{');
+        for (n, &i) in self.key.iter().enumerate() {
+            if n > 0 {
+                key.push(',');
+            }
+            key.push_str(&self.members[i]);
+            key.push_str(row.value(i).unwrap_or("null"));
         }
-        Value::Object(key)
+        key.push('}');
+        RawJson::from_text_unchecked(key)
     }
 
     /// The key of a row image as text: the key columns in key order, joined with `:`
     /// (strings as they are, null as nothing, other values as JSON).
-    fn key_text(&self, row: &Map<String, Value>) -> String {
+    fn key_text(&self, row: &RowImage) -> String {
         let mut text = String::new();
         for (n, &i) in self.key.iter().enumerate() {
             if n > 0 {
                 text.push(':');
             }
-            match row.get(&self.columns[i].0) {
-                Some(Value::String(s)) => text.push_str(s),
-                None | Some(Value::Null) => {}
-                Some(other) => text.push_str(&other.to_string()),
+            if let Some(value) = text_of(row.value(i)) {
+                text.push_str(&value);
             }
         }
         text
@@ -294,12 +307,15 @@ fn table_event(
     };
     let (key, aggregate_id) = match (&after, &before) {
         (Some(row), _) | (None, Some(row)) => (rel.key_of(row), rel.key_text(row)),
-        (None, None) => (Value::Null, String::new()),
+        (None, None) => (RawJson::null(), String::new()),
     };
+    let before = before.map(RowImage::into_json);
+    let after = after.map(RowImage::into_json);
     let payload = after
-        .clone()
-        .or_else(|| before.clone())
-        .map_or(Value::Null, Value::Object);
+        .as_ref()
+        .or(before.as_ref())
+        .cloned()
+        .unwrap_or_else(RawJson::null);
     let mut source = stream.source(&rel.collection, position, tx);
     source.unchanged_columns = unchanged;
     Ok(Envelope {
@@ -310,18 +326,42 @@ fn table_event(
         event_type: format!("{}.{}", rel.collection, op.as_str()),
         payload,
         key: Some(key),
-        before: before.map(Value::Object),
-        after: after.map(Value::Object),
+        before,
+        after,
         headers: BTreeMap::new(),
         source,
     })
 }
 
-fn text_of(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+/// A value's text for a field or header: a JSON string's content, any other value's
+/// JSON text, or `None` for null and a missing value.
+fn text_of(json: Option<&str>) -> Option<Cow<'_, str>> {
+    match json? {
+        "null" => None,
+        text if text.starts_with('"') => Some(string_content(text)),
+        text => Some(Cow::Borrowed(text)),
+    }
+}
+
+/// The content of a JSON string's text (quoted, valid JSON).
+fn string_content(text: &str) -> Cow<'_, str> {
+    let inner = &text[1..text.len() - 1];
+    if inner.contains('\\') {
+        Cow::Owned(serde_json::from_str::<String>(text).unwrap_or_else(|_| inner.to_string()))
+    } else {
+        Cow::Borrowed(inner)
+    }
+}
+
+/// Headers from the JSON text of a tracing column or message field (see
+/// [`headers_from`]).
+fn headers_from_json(json: Option<&str>) -> BTreeMap<String, String> {
+    match json {
+        None | Some("null") => BTreeMap::new(),
+        Some(text) if text.starts_with('"') => {
+            headers_from(Some(&Value::String(string_content(text).into_owned())))
+        }
+        Some(text) => headers_from(serde_json::from_str::<Value>(text).ok().as_ref()),
     }
 }
 
@@ -332,8 +372,14 @@ fn headers_from(value: Option<&Value>) -> BTreeMap<String, String> {
     match value {
         Some(Value::Object(map)) => {
             for (k, v) in map {
-                if let Some(text) = text_of(Some(v)) {
-                    headers.insert(k.clone(), text);
+                match v {
+                    Value::Null => {}
+                    Value::String(text) => {
+                        headers.insert(k.clone(), text.clone());
+                    }
+                    other => {
+                        headers.insert(k.clone(), other.to_string());
+                    }
                 }
             }
         }
@@ -377,9 +423,9 @@ fn outbox_event(
     };
     let mut unchanged = Vec::new();
     let row = rel.image(new, None, &mut unchanged)?;
-    let column = |i: usize| row.get(&rel.columns[i].0);
+    let column = |i: usize| row.value(i);
     let field = |i: usize| {
-        text_of(column(i)).unwrap_or_else(|| {
+        text_of(column(i)).map(Cow::into_owned).unwrap_or_else(|| {
             warn!(
                 collection = %rel.collection,
                 column = %rel.columns[i].0,
@@ -392,16 +438,20 @@ fn outbox_event(
     let aggregate_type = field(index.aggregate_type);
     let aggregate_id = field(index.aggregate_id);
     let event_type = field(index.event_type);
-    let id = text_of(column(index.id)).unwrap_or_else(|| {
-        warn!(
-            collection = %rel.collection,
-            position = %position,
-            "outbox id is null; the event gets an id derived from its position"
-        );
-        stream.derived_id(&position)
+    let id = text_of(column(index.id))
+        .map(Cow::into_owned)
+        .unwrap_or_else(|| {
+            warn!(
+                collection = %rel.collection,
+                position = %position,
+                "outbox id is null; the event gets an id derived from its position"
+            );
+            stream.derived_id(&position)
+        });
+    let payload = column(index.payload).map_or_else(RawJson::null, |text| {
+        RawJson::from_text_unchecked(text.to_string())
     });
-    let payload = column(index.payload).cloned().unwrap_or(Value::Null);
-    let headers = headers_from(index.tracing.and_then(column));
+    let headers = headers_from_json(index.tracing.and_then(column));
     let key = rel.key_of(&row);
     let mut source = stream.source(&rel.collection, position, tx);
     source.unchanged_columns = unchanged;
@@ -414,7 +464,7 @@ fn outbox_event(
         payload,
         key: Some(key),
         before: None,
-        after: Some(Value::Object(row)),
+        after: Some(row.into_json()),
         headers,
         source,
     })
@@ -438,7 +488,7 @@ pub(crate) fn truncate_event(
         aggregate_type: rel.collection.clone(),
         aggregate_id: String::new(),
         event_type: format!("{}.truncate", rel.collection),
-        payload: Value::Null,
+        payload: RawJson::null(),
         key: None,
         before: None,
         after: None,
@@ -467,22 +517,35 @@ pub(crate) fn message_event(
     if stream.mode != Mode::Message || prefix != stream.message_prefix {
         return Err(MessageSkip::NotOurs);
     }
-    let value: Value = serde_json::from_slice(content)
-        .map_err(|e| MessageSkip::Invalid(format!("content is not JSON: {e}")))?;
-    let Value::Object(mut object) = value else {
-        return Err(MessageSkip::Invalid("content is not a JSON object".into()));
+    // Each member kept as its text: the payload goes out as the writer wrote it.
+    let object: BTreeMap<String, &RawValue> = match serde_json::from_slice(content) {
+        Ok(object) => object,
+        Err(_) => {
+            return Err(MessageSkip::Invalid(
+                match serde_json::from_slice::<&RawValue>(content) {
+                    Ok(_) => "content is not a JSON object".to_string(),
+                    Err(e) => format!("content is not JSON: {e}"),
+                },
+            ))
+        }
     };
+    let member = |name: &str| object.get(name).map(|raw| raw.get());
     let required = |name: &str| {
-        text_of(object.get(name))
+        text_of(member(name))
+            .map(Cow::into_owned)
             .ok_or_else(|| MessageSkip::Invalid(format!("content has no {name:?} string")))
     };
     let aggregate_type = required("aggregatetype")?;
     let aggregate_id = required("aggregateid")?;
     let event_type = required("type")?;
-    let id = text_of(object.get("id")).unwrap_or_else(|| stream.derived_id(&position));
-    let mut headers = headers_from(object.get("headers"));
-    headers.extend(headers_from(object.get("tracingspancontext")));
-    let payload = object.remove("payload").unwrap_or(Value::Null);
+    let id = text_of(member("id"))
+        .map(Cow::into_owned)
+        .unwrap_or_else(|| stream.derived_id(&position));
+    let mut headers = headers_from_json(member("headers"));
+    headers.extend(headers_from_json(member("tracingspancontext")));
+    let payload = member("payload").map_or_else(RawJson::null, |text| {
+        RawJson::from_text_unchecked(text.to_string())
+    });
     Ok(Envelope {
         id,
         op: Op::Message,
@@ -608,9 +671,13 @@ mod tests {
         .unwrap();
         assert_eq!(e.op, Op::Update);
         assert_eq!(e.aggregate_id, "7:x");
-        assert_eq!(e.key, Some(json!({"b": 7, "a": "x"})));
-        assert_eq!(e.before, Some(json!({"a": "x", "b": 7, "c": "old"})));
-        assert_eq!(e.after, Some(json!({"a": "x", "b": 7})));
+        assert_eq!(e.key, Some(json!({"b": 7, "a": "x"}).into()));
+        assert_eq!(e.before, Some(json!({"a": "x", "b": 7, "c": "old"}).into()));
+        assert_eq!(e.after, Some(json!({"a": "x", "b": 7}).into()));
+        // The texts themselves: columns in table order, the key in key order.
+        assert_eq!(e.key.as_ref().unwrap().as_str(), r#"{"b":7,"a":"x"}"#);
+        assert_eq!(e.after.as_ref().unwrap().as_str(), r#"{"a":"x","b":7}"#);
+        assert_eq!(e.payload.as_str(), r#"{"a":"x","b":7}"#);
         assert_eq!(e.source.unchanged_columns, vec!["c".to_string()]);
         assert_eq!(e.event_type, "public.items.update");
         assert_eq!(e.id, event_id_from_position("orders", None, &pos));
@@ -667,8 +734,14 @@ mod tests {
             ("e-1", "order", "123")
         );
         assert_eq!(e.event_type, "OrderCreated");
-        assert_eq!(e.payload, json!({"total": 42.5}));
-        assert_eq!(e.key, Some(json!({"id": "e-1"})));
+        assert_eq!(e.payload, json!({"total": 42.5}).into());
+        assert_eq!(e.key, Some(json!({"id": "e-1"}).into()));
+        // The payload is the column's text as Postgres wrote it, and `after` holds it.
+        assert_eq!(e.payload.as_str(), r#"{"total": 42.5}"#);
+        assert_eq!(
+            e.after.as_ref().unwrap().as_str(),
+            r#"{"id":"e-1","aggregatetype":"order","aggregateid":"123","type":"OrderCreated","payload":{"total": 42.5},"tracingspancontext":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#
+        );
         assert_eq!(
             e.headers.get("traceparent").map(String::as_str),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
@@ -735,7 +808,7 @@ mod tests {
         let e = message_event(&s, &tx(), "outbox", content, "p".into()).unwrap();
         assert_eq!(e.id, "0190d8e4-0f3c-7a6b-8c1d-2e3f4a5b6c7d");
         assert_eq!(e.op, Op::Message);
-        assert_eq!(e.payload, json!({"n": 1}));
+        assert_eq!(e.payload, json!({"n": 1}).into());
         assert_eq!(e.source.collection, "outbox");
         assert_eq!(e.headers.len(), 1);
         assert_eq!(
@@ -748,8 +821,20 @@ mod tests {
         ));
         assert!(matches!(
             message_event(&s, &tx(), "outbox", b"nope", "p".into()),
-            Err(MessageSkip::Invalid(_))
+            Err(MessageSkip::Invalid(why)) if why == "content is not JSON: expected ident at line 1 column 2"
         ));
+        assert_eq!(
+            message_event(&s, &tx(), "outbox", b"[1, 2]", "p".into()).unwrap_err(),
+            MessageSkip::Invalid("content is not a JSON object".into())
+        );
+        // Numbers in the payload keep every digit; an escaped key is read as its text.
+        let precise = br#"{"aggregatetype":"order","aggregateid":"a\"1","type":"T","payload":{"amount": 10.50, "big": 123456789012345678901234567890}}"#;
+        let e = message_event(&s, &tx(), "outbox", precise, "p".into()).unwrap();
+        assert_eq!(
+            e.payload.as_str(),
+            r#"{"amount": 10.50, "big": 123456789012345678901234567890}"#
+        );
+        assert_eq!(e.aggregate_id, "a\"1");
         assert_eq!(
             message_event(&stream(Mode::Outbox), &tx(), "outbox", content, "p".into()).unwrap_err(),
             MessageSkip::NotOurs

@@ -12,9 +12,12 @@
 //! arrays are arrays of their elements, and any other type is its text form.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use base64::Engine as _;
-use serde_json::{Map, Number, Value};
+use outflow_core::{push_json_str, RawJson};
+use serde_json::value::RawValue;
+use serde_json::Number;
 
 /// Startup options of the replication session: the value output settings the parsing
 /// in this module relies on.
@@ -208,50 +211,72 @@ fn bad(kind: &'static str, text: &str) -> ValueError {
     ValueError { kind, value }
 }
 
-/// Converts one value's text form to JSON.
-pub fn to_json(kind: &Kind, text: &str) -> Result<Value, ValueError> {
-    Ok(match kind {
+/// Converts one value's text form to JSON text.
+pub fn to_json(kind: &Kind, text: &str) -> Result<RawJson, ValueError> {
+    let mut out = String::with_capacity(text.len() + 2);
+    write_json(kind, text, &mut out)?;
+    Ok(RawJson::from_text_unchecked(out))
+}
+
+/// Appends one value's text form as JSON text to `out`. On an error, what was appended
+/// is left in `out`; the caller cuts it off.
+pub fn write_json(kind: &Kind, text: &str, out: &mut String) -> Result<(), ValueError> {
+    match kind {
         Kind::Bool => match text {
-            "t" => Value::Bool(true),
-            "f" => Value::Bool(false),
+            "t" => out.push_str("true"),
+            "f" => out.push_str("false"),
             _ => return Err(bad("bool", text)),
         },
-        Kind::Int => Value::Number(
-            text.parse::<i64>()
-                .map_err(|_| bad("integer", text))?
-                .into(),
-        ),
+        // Postgres writes integers in their canonical decimal form, which is JSON's: once
+        // they parse, the text is the number.
+        Kind::Int => {
+            text.parse::<i64>().map_err(|_| bad("integer", text))?;
+            out.push_str(text);
+        }
         Kind::Int8 => {
             let v = text.parse::<i64>().map_err(|_| bad("int8", text))?;
             if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&v) {
-                Value::Number(v.into())
+                out.push_str(text);
             } else {
-                Value::String(text.to_string())
+                push_json_str(out, text);
             }
         }
         Kind::Float => match text {
-            "NaN" | "Infinity" | "-Infinity" => Value::String(text.to_string()),
+            "NaN" | "Infinity" | "-Infinity" => push_json_str(out, text),
             _ => {
                 let v = text.parse::<f64>().map_err(|_| bad("float", text))?;
-                Value::Number(Number::from_f64(v).ok_or_else(|| bad("float", text))?)
+                let number = Number::from_f64(v).ok_or_else(|| bad("float", text))?;
+                // serde_json's shortest round-trip text of the double.
+                write!(out, "{number}").expect("writing to a String cannot fail");
             }
         },
-        Kind::Numeric => Value::String(text.to_string()),
-        Kind::Json => serde_json::from_str(text).map_err(|_| bad("json", text))?,
+        Kind::Numeric => push_json_str(out, text),
+        // Embedded as Postgres wrote it (jsonb as `{"a": 1}`, json as it was stored), so
+        // numbers keep every digit. Postgres checked it on input; it is checked here once
+        // more, since a value that is not JSON would make the whole envelope unreadable.
+        Kind::Json => {
+            serde_json::from_str::<&RawValue>(text).map_err(|_| bad("json", text))?;
+            out.push_str(text.trim());
+        }
         Kind::Bytea => {
             let hex = text.strip_prefix("\\x").ok_or_else(|| bad("bytea", text))?;
             let bytes = decode_hex(hex).ok_or_else(|| bad("bytea", text))?;
-            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+            out.push('"');
         }
-        Kind::Timestamp => {
-            Value::String(timestamp(text, false).ok_or_else(|| bad("timestamp", text))?)
-        }
-        Kind::Timestamptz => {
-            Value::String(timestamp(text, true).ok_or_else(|| bad("timestamptz", text))?)
-        }
-        Kind::Array(element, delimiter) => parse_array(element, *delimiter, text)?,
-        Kind::Text => Value::String(text.to_string()),
-    })
+        Kind::Timestamp => push_json_str(
+            out,
+            &timestamp(text, false).ok_or_else(|| bad("timestamp", text))?,
+        ),
+        Kind::Timestamptz => push_json_str(
+            out,
+            &timestamp(text, true).ok_or_else(|| bad("timestamptz", text))?,
+        ),
+        Kind::Array(element, delimiter) => write_array(element, *delimiter, text, out)?,
+        Kind::Text => push_json_str(out, text),
+    }
+    Ok(())
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -328,9 +353,14 @@ fn timestamp(text: &str, zoned: bool) -> Option<String> {
     Some(out)
 }
 
-/// Parses the text form of an array (`{1,NULL,"a b"}`, nested, with an optional
-/// `[1:2]=` dimension prefix) into a JSON array.
-fn parse_array(element: &Kind, delimiter: u8, text: &str) -> Result<Value, ValueError> {
+/// Writes the text form of an array (`{1,NULL,"a b"}`, nested, with an optional
+/// `[1:2]=` dimension prefix) as a JSON array.
+fn write_array(
+    element: &Kind,
+    delimiter: u8,
+    text: &str,
+    out: &mut String,
+) -> Result<(), ValueError> {
     let body = if text.starts_with('[') {
         match text.find('=') {
             Some(i) => &text[i + 1..],
@@ -346,11 +376,11 @@ fn parse_array(element: &Kind, delimiter: u8, text: &str) -> Result<Value, Value
         delimiter,
         original: text,
     };
-    let value = parser.array(0)?;
+    parser.array(0, out)?;
     if parser.pos != parser.text.len() {
         return Err(bad("array", text));
     }
-    Ok(value)
+    Ok(())
 }
 
 struct ArrayParser<'a> {
@@ -370,23 +400,24 @@ impl ArrayParser<'_> {
         self.text.get(self.pos).copied()
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, ValueError> {
+    fn array(&mut self, depth: usize, out: &mut String) -> Result<(), ValueError> {
         // Postgres allows at most 6 dimensions.
         if depth > 6 || self.peek() != Some(b'{') {
             return Err(self.err());
         }
         self.pos += 1;
-        let mut items = Vec::new();
+        out.push('[');
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(Value::Array(items));
+            out.push(']');
+            return Ok(());
         }
         loop {
-            let item = match self.peek() {
-                Some(b'{') => self.array(depth + 1)?,
+            match self.peek() {
+                Some(b'{') => self.array(depth + 1, out)?,
                 Some(b'"') => {
                     let text = self.quoted()?;
-                    to_json(self.element, &text).map_err(|_| self.err())?
+                    write_json(self.element, &text, out).map_err(|_| self.err())?
                 }
                 Some(_) => {
                     let start = self.pos;
@@ -400,22 +431,25 @@ impl ArrayParser<'_> {
                         .map_err(|_| self.err())?
                         .trim();
                     if raw.eq_ignore_ascii_case("NULL") {
-                        Value::Null
+                        out.push_str("null");
                     } else if raw.contains('\\') {
                         let unescaped = unescape(raw);
-                        to_json(self.element, &unescaped).map_err(|_| self.err())?
+                        write_json(self.element, &unescaped, out).map_err(|_| self.err())?
                     } else {
-                        to_json(self.element, raw).map_err(|_| self.err())?
+                        write_json(self.element, raw, out).map_err(|_| self.err())?
                     }
                 }
                 None => return Err(self.err()),
             };
-            items.push(item);
             match self.peek() {
-                Some(c) if c == self.delimiter => self.pos += 1,
+                Some(c) if c == self.delimiter => {
+                    self.pos += 1;
+                    out.push(',');
+                }
                 Some(b'}') => {
                     self.pos += 1;
-                    return Ok(Value::Array(items));
+                    out.push(']');
+                    return Ok(());
                 }
                 _ => return Err(self.err()),
             }
@@ -462,47 +496,106 @@ fn unescape(raw: &str) -> String {
     out
 }
 
-/// Builds a row image from a relation's columns and a tuple: column name to JSON value.
-/// Unchanged TOAST values are left out and their names pushed to `unchanged`; binary
-/// values (never requested) are an error.
+/// A row image as JSON text (`{"id":1,"status":"paid"}`), with where each column's
+/// value sits in that text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowImage {
+    text: String,
+    /// Per column of the relation, the value's byte range in `text`; `None` for a column
+    /// left out (not part of the image, or an unchanged TOAST value).
+    spans: Vec<Option<(u32, u32)>>,
+}
+
+impl RowImage {
+    /// The whole image as JSON text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The JSON text of the value of column `column`, when the image holds it.
+    pub fn value(&self, column: usize) -> Option<&str> {
+        let (start, end) = (*self.spans.get(column)?)?;
+        self.text.get(start as usize..end as usize)
+    }
+
+    /// The image as [`RawJson`].
+    pub fn into_json(self) -> RawJson {
+        RawJson::from_text_unchecked(self.text)
+    }
+}
+
+/// A column's name as it opens its member in a row image: `"name":`.
+pub fn member_prefix(name: &str) -> String {
+    let mut prefix = String::with_capacity(name.len() + 3);
+    push_json_str(&mut prefix, name);
+    prefix.push(':');
+    prefix
+}
+
+/// Builds a row image from a relation's columns and a tuple: column name to JSON value,
+/// written as JSON text. `members` holds each column's [`member_prefix`]. Unchanged
+/// TOAST values are left out and their names pushed to `unchanged`; binary values
+/// (never requested) are an error.
 pub fn row_image<'t>(
     columns: &[(String, Kind)],
+    members: &[String],
     tuple: &[crate::decoder::TupleValue<'t>],
     only: Option<&[bool]>,
     unchanged: &mut Vec<String>,
-) -> Result<Map<String, Value>, RowError> {
+) -> Result<RowImage, RowError> {
     use crate::decoder::TupleValue;
-    if tuple.len() != columns.len() {
+    if tuple.len() != columns.len() || members.len() != columns.len() {
         return Err(RowError::ColumnCount {
             expected: columns.len(),
             found: tuple.len(),
         });
     }
-    let mut row = Map::with_capacity(columns.len());
-    for (i, ((name, kind), value)) in columns.iter().zip(tuple).enumerate() {
+    // The values' text plus names and punctuation: one allocation for most rows.
+    let size: usize = tuple
+        .iter()
+        .zip(members)
+        .map(|(value, member)| {
+            member.len()
+                + 4
+                + match value {
+                    TupleValue::Text(bytes) => bytes.len(),
+                    _ => 4,
+                }
+        })
+        .sum();
+    let mut text = String::with_capacity(size + 2);
+    let mut spans = Vec::with_capacity(columns.len());
+    text.push('{');
+    for (i, (((name, kind), member), value)) in columns.iter().zip(members).zip(tuple).enumerate() {
         if let Some(only) = only {
             if !only.get(i).copied().unwrap_or(false) {
+                spans.push(None);
                 continue;
             }
         }
-        let json = match value {
-            TupleValue::Null => Value::Null,
-            TupleValue::UnchangedToast => {
-                unchanged.push(name.clone());
-                continue;
-            }
+        if matches!(value, TupleValue::UnchangedToast) {
+            unchanged.push(name.clone());
+            spans.push(None);
+            continue;
+        }
+        if text.len() > 1 {
+            text.push(',');
+        }
+        text.push_str(member);
+        let start = text.len();
+        match value {
+            TupleValue::Null => text.push_str("null"),
+            TupleValue::UnchangedToast => unreachable!("left out above"),
             TupleValue::Text(bytes) => {
-                let text = std::str::from_utf8(bytes).map_err(|_| RowError::NotUtf8 {
+                let value = std::str::from_utf8(bytes).map_err(|_| RowError::NotUtf8 {
                     column: name.clone(),
                 })?;
-                match to_json(kind, text) {
-                    Ok(json) => json,
-                    Err(error) => {
-                        // The text form is the value, losslessly; deliver it rather than
-                        // stop the stream on a form this mapping did not foresee.
-                        tracing::warn!(column = %name, error = %error, "value kept as text");
-                        Value::String(text.to_string())
-                    }
+                if let Err(error) = write_json(kind, value, &mut text) {
+                    // The text form is the value, losslessly; deliver it rather than
+                    // stop the stream on a form this mapping did not foresee.
+                    tracing::warn!(column = %name, error = %error, "value kept as text");
+                    text.truncate(start);
+                    push_json_str(&mut text, value);
                 }
             }
             TupleValue::Binary(_) => {
@@ -510,10 +603,17 @@ pub fn row_image<'t>(
                     column: name.clone(),
                 })
             }
-        };
-        row.insert(name.clone(), json);
+        }
+        spans.push(Some((offset(start), offset(text.len()))));
     }
-    Ok(row)
+    text.push('}');
+    Ok(RowImage { text, spans })
+}
+
+/// A byte offset in a row image. A row is at most 1 GB per value and 1,600 columns, so
+/// its image fits in 4 GiB.
+fn offset(at: usize) -> u32 {
+    u32::try_from(at).expect("a row image is smaller than 4 GiB")
 }
 
 /// A tuple that does not fit its relation.
@@ -546,8 +646,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn j(kind: &Kind, text: &str) -> Value {
-        to_json(kind, text).unwrap()
+    fn j(kind: &Kind, text: &str) -> serde_json::Value {
+        to_json(kind, text).unwrap().to_value().unwrap()
     }
 
     #[test]
@@ -592,6 +692,18 @@ mod tests {
         assert!(to_json(&Kind::Bytea, "00").is_err());
         assert_eq!(j(&Kind::Json, r#"{"a": [1, 2.5]}"#), json!({"a": [1, 2.5]}));
         assert!(to_json(&Kind::Json, "{").is_err());
+        // json and jsonb keep their text, so numbers keep every digit.
+        for text in [
+            r#"{"amount": 10.50, "big": 123456789012345678901234567890}"#,
+            "[1e400, -0.0, 1E-7]",
+            "\"x\"",
+        ] {
+            assert_eq!(to_json(&Kind::Json, text).unwrap().as_str(), text);
+        }
+        assert_eq!(
+            to_json(&Kind::Json, " {\"a\":1}\n").unwrap().as_str(),
+            "{\"a\":1}"
+        );
         assert_eq!(j(&Kind::Bool, "t"), json!(true));
         assert_eq!(j(&Kind::Bool, "f"), json!(false));
     }
@@ -626,6 +738,10 @@ mod tests {
         assert_eq!(j(&ints, "{}"), json!([]));
         assert_eq!(j(&ints, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
         assert_eq!(j(&ints, "[0:1]={5,6}"), json!([5, 6]));
+        assert_eq!(
+            to_json(&ints, "{{1,NULL},{3,4}}").unwrap().as_str(),
+            "[[1,null],[3,4]]"
+        );
         let texts = Kind::Array(Box::new(Kind::Text), b',');
         assert_eq!(
             j(&texts, r#"{"a b","c\"d",NULL,"NULL",plain,"x\\y"}"#),

@@ -36,7 +36,11 @@ async fn wait_for_walsender(client: &tokio_postgres::Client, pipeline: &str) -> 
 fn ids_of(events: &[outflow_core::Envelope]) -> Vec<i64> {
     events
         .iter()
-        .map(|e| e.after.as_ref().unwrap()["id"].as_i64().unwrap())
+        .map(|e| {
+            e.after.as_ref().unwrap().to_value().unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -367,7 +371,7 @@ async fn tls_verify_full_with_the_test_ca() {
         .await
         .unwrap();
     let (events, _) = source.next_tx().await;
-    assert_eq!(events[0].after, Some(json!({"id": 1})));
+    assert_eq!(events[0].after, Some(json!({"id": 1}).into()));
     source.stop().await.unwrap();
 
     // The other modes connect too (verify-ca checks the chain against the test CA).

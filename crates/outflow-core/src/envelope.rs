@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::RawJson;
 
 /// The kind of change an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,14 +205,14 @@ pub struct Envelope {
     pub aggregate_id: String,
     /// The event type (outbox mode) or `<collection>.<op>` (table mode).
     pub event_type: String,
-    /// The event payload (outbox mode) or the row image (table mode).
-    pub payload: Value,
+    /// The event payload (outbox mode) or the row image (table mode), as JSON text.
+    pub payload: RawJson,
     /// The raw key of the row or item, where the source provides it.
-    pub key: Option<Value>,
+    pub key: Option<RawJson>,
     /// The image before the change, where the source provides it.
-    pub before: Option<Value>,
+    pub before: Option<RawJson>,
     /// The image after the change, where the source provides it.
-    pub after: Option<Value>,
+    pub after: Option<RawJson>,
     /// Headers carried along, such as a W3C `traceparent`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -253,26 +254,12 @@ impl Envelope {
 
     /// An approximation of the serialized size in bytes, used for batch limits.
     pub fn approx_size(&self) -> usize {
-        fn value_size(v: &Value) -> usize {
-            match v {
-                Value::Null | Value::Bool(_) => 5,
-                Value::Number(_) => 12,
-                Value::String(s) => s.len() + 2,
-                Value::Array(items) => 2 + items.iter().map(|i| value_size(i) + 1).sum::<usize>(),
-                Value::Object(map) => {
-                    2 + map
-                        .iter()
-                        .map(|(k, v)| k.len() + 4 + value_size(v))
-                        .sum::<usize>()
-                }
-            }
-        }
-        let opt = |v: &Option<Value>| v.as_ref().map_or(4, value_size);
+        let opt = |v: &Option<RawJson>| v.as_ref().map_or(4, |v| v.as_str().len());
         200 + self.id.len()
             + self.aggregate_type.len()
             + self.aggregate_id.len()
             + self.event_type.len()
-            + value_size(&self.payload)
+            + self.payload.as_str().len()
             + opt(&self.key)
             + opt(&self.before)
             + opt(&self.after)
@@ -299,10 +286,10 @@ mod tests {
             aggregate_type: "order".into(),
             aggregate_id: "123".into(),
             event_type: "OrderCreated".into(),
-            payload: json!({"orderId": 123, "total": 42.5}),
-            key: Some(json!({"id": "5f0c1a2b-0000-4000-8000-000000000001"})),
+            payload: json!({"orderId": 123, "total": 42.5}).into(),
+            key: Some(json!({"id": "5f0c1a2b-0000-4000-8000-000000000001"}).into()),
             before: None,
-            after: Some(json!({"id": "5f0c1a2b-0000-4000-8000-000000000001"})),
+            after: Some(json!({"id": "5f0c1a2b-0000-4000-8000-000000000001"}).into()),
             headers: BTreeMap::from([("traceparent".to_string(), "00-abc-def-01".to_string())]),
             source: SourceInfo {
                 connector: "postgres".into(),
@@ -350,7 +337,7 @@ mod tests {
     fn envelope_round_trips_with_unchanged_columns() {
         let mut env = sample();
         env.op = Op::Update;
-        env.before = Some(json!({"id": 1}));
+        env.before = Some(json!({"id": 1}).into());
         env.source.unchanged_columns = vec!["big".into()];
         let text = serde_json::to_string(&env).unwrap();
         assert!(text.contains(r#""unchanged_columns":["big"]"#), "{text}");

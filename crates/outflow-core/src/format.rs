@@ -3,10 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::{Envelope, RawJson, Timestamp};
 use serde::Serialize;
-use serde_json::Value;
-
-use crate::{Envelope, Timestamp};
 
 /// How events are written on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,14 +120,10 @@ impl Format {
     }
 }
 
-fn payload_body(payload: &Value) -> (Vec<u8>, &'static str) {
-    match payload {
-        Value::String(text) => (text.as_bytes().to_vec(), "text/plain; charset=utf-8"),
-        other => {
-            let mut body = Vec::new();
-            crate::json::write_value(&mut body, other);
-            (body, "application/json")
-        }
+fn payload_body(payload: &RawJson) -> (Vec<u8>, &'static str) {
+    match payload.as_json_string() {
+        Some(text) => (text.as_bytes().to_vec(), "text/plain; charset=utf-8"),
+        None => (payload.as_str().as_bytes().to_vec(), "application/json"),
     }
 }
 
@@ -146,7 +140,7 @@ struct CloudEvent<'a> {
     time: Option<Timestamp>,
     datacontenttype: &'static str,
     aggregatetype: &'a str,
-    data: &'a Value,
+    data: &'a RawJson,
 }
 
 impl<'a> CloudEvent<'a> {
@@ -202,7 +196,7 @@ impl<'de> serde::Deserialize<'de> for Format {
 mod tests {
     use std::collections::BTreeMap;
 
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::{Op, SourceInfo};
@@ -214,7 +208,7 @@ mod tests {
             aggregate_type: "order".into(),
             aggregate_id: "123".into(),
             event_type: "OrderCreated".into(),
-            payload,
+            payload: payload.into(),
             key: None,
             before: None,
             after: None,

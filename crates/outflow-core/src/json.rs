@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use crate::{Envelope, SourceInfo, Timestamp};
+use crate::{Envelope, RawJson, SourceInfo, Timestamp};
 
 /// Appends the envelope as compact JSON.
 pub(crate) fn write_envelope(out: &mut Vec<u8>, e: &Envelope) {
@@ -24,29 +24,13 @@ pub(crate) fn write_envelope(out: &mut Vec<u8>, e: &Envelope) {
     out.extend_from_slice(b",\"event_type\":");
     write_str(out, &e.event_type);
     out.extend_from_slice(b",\"payload\":");
-    let payload = out.len()..{
-        write_value(out, &e.payload);
-        out.len()
-    };
+    out.extend_from_slice(e.payload.as_str().as_bytes());
     out.extend_from_slice(b",\"key\":");
     write_option(out, e.key.as_ref());
     out.extend_from_slice(b",\"before\":");
     write_option(out, e.before.as_ref());
     out.extend_from_slice(b",\"after\":");
-    match &e.after {
-        // An outbox row holds the payload again as one of its columns: that member's
-        // text is the payload's, already written, and is copied instead.
-        Some(Value::Object(row)) if matches!(e.payload, Value::Object(_) | Value::Array(_)) => {
-            write_object(out, row, |out, member| {
-                if *member == e.payload {
-                    out.extend_from_within(payload.clone());
-                } else {
-                    write_value(out, member);
-                }
-            })
-        }
-        after => write_option(out, after.as_ref()),
-    }
+    write_option(out, e.after.as_ref());
     out.extend_from_slice(b",\"headers\":{");
     for (i, (name, value)) in e.headers.iter().enumerate() {
         if i > 0 {
@@ -107,9 +91,9 @@ fn write_timestamp(out: &mut Vec<u8>, time: Timestamp) {
     }
 }
 
-fn write_option(out: &mut Vec<u8>, value: Option<&Value>) {
+fn write_option(out: &mut Vec<u8>, value: Option<&RawJson>) {
     match value {
-        Some(value) => write_value(out, value),
+        Some(value) => out.extend_from_slice(value.as_str().as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -149,26 +133,19 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        Value::Object(members) => write_object(out, members, write_value),
-    }
-}
-
-/// Appends an object, members in the map's own order, each value written by `value`.
-fn write_object(
-    out: &mut Vec<u8>,
-    members: &serde_json::Map<String, Value>,
-    mut value: impl FnMut(&mut Vec<u8>, &Value),
-) {
-    out.push(b'{');
-    for (i, (name, member)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+        Value::Object(members) => {
+            out.push(b'{');
+            for (i, (name, member)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, name);
+                out.push(b':');
+                write_value(out, member);
+            }
+            out.push(b'}');
         }
-        write_str(out, name);
-        out.push(b':');
-        value(out, member);
     }
-    out.push(b'}');
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -187,19 +164,46 @@ fn needs_escape(chunk: u64) -> bool {
     (control | quote | backslash) & HIGHS != 0
 }
 
+/// Where JSON text is written: a byte buffer or a `String`.
+pub(crate) trait TextOut {
+    fn put(&mut self, text: &str);
+    fn reserve_more(&mut self, additional: usize);
+}
+
+impl TextOut for Vec<u8> {
+    #[inline]
+    fn put(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+    #[inline]
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl TextOut for String {
+    #[inline]
+    fn put(&mut self, text: &str) {
+        self.push_str(text);
+    }
+    #[inline]
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
 /// Appends a JSON string: quoted, with `"`, `\` and control characters escaped as
 /// serde_json escapes them (`\n` and friends where JSON has a short form, else `\u00xx`).
-pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    if is_plain(bytes) {
+pub(crate) fn write_str<O: TextOut + ?Sized>(out: &mut O, text: &str) {
+    out.reserve_more(text.len() + 2);
+    out.put("\"");
+    if is_plain(text.as_bytes()) {
         // Nearly every string: one copy, no byte-by-byte walk.
-        out.extend_from_slice(bytes);
+        out.put(text);
     } else {
-        write_escaped(out, bytes);
+        write_escaped(out, text);
     }
-    out.push(b'"');
+    out.put("\"");
 }
 
 /// Whether no byte of `bytes` needs escaping: eight bytes at a time, then the tail.
@@ -217,8 +221,18 @@ fn is_plain(bytes: &[u8]) -> bool {
         .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
-/// The body of a string with at least one byte to escape, without its quotes.
-fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+/// The escape sequences of the bytes below 0x20, as serde_json writes them.
+const CONTROL: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b",
+    "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012",
+    "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a",
+    "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+];
+
+/// The body of a string with at least one byte to escape, without its quotes. Every
+/// byte escaped is ASCII, so the text is cut only at character boundaries.
+fn write_escaped<O: TextOut + ?Sized>(out: &mut O, text: &str) {
+    let bytes = text.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -229,34 +243,21 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
                 continue;
             }
         }
-        let byte = bytes[i];
-        let short = match byte {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x08 => b'b',
-            0x0c => b'f',
-            0x00..=0x1f => b'u',
+        let escape = match bytes[i] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            byte @ 0x00..=0x1f => CONTROL[usize::from(byte)],
             _ => {
                 i += 1;
                 continue;
             }
         };
-        out.extend_from_slice(&bytes[start..i]);
-        out.push(b'\\');
-        out.push(short);
-        if short == b'u' {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0x0f)]);
-        }
+        out.put(&text[start..i]);
+        out.put(escape);
         i += 1;
         start = i;
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.put(&text[start..]);
 }
 
 #[cfg(test)]
@@ -348,7 +349,7 @@ mod tests {
             aggregate_type: "order".into(),
             aggregate_id: "o-1".into(),
             event_type: "OrderCreated".into(),
-            payload: json!({"total": 12.5, "lines": [{"sku": "a\"1", "qty": 2}]}),
+            payload: json!({"total": 12.5, "lines": [{"sku": "a\"1", "qty": 2}]}).into(),
             key: None,
             before: None,
             after: None,
@@ -396,9 +397,9 @@ mod tests {
             });
         }
         let mut full = plain.clone();
-        full.key = Some(json!({"id": 7}));
-        full.before = Some(json!({"id": 7, "status": "new"}));
-        full.after = Some(json!({"id": 7, "status": "paid\n"}));
+        full.key = Some(json!({"id": 7}).into());
+        full.before = Some(json!({"id": 7, "status": "new"}).into());
+        full.after = Some(json!({"id": 7, "status": "paid\n"}).into());
         full.headers = BTreeMap::from([
             ("traceparent".to_string(), "00-abc-01".to_string()),
             ("x-\"odd\"".to_string(), "tab\there".to_string()),
@@ -419,21 +420,27 @@ mod tests {
             full.source.commit_time = Some(Timestamp::from_unix_micros(micros));
             assert_same(&full);
         }
-        // The payload again as a column of the row, next to a column equal to it
-        // only in part, and as the whole row.
-        full.after = Some(json!({
-            "id": 7,
-            "payload": full.payload.clone(),
-            "similar": {"total": 12.5, "lines": [{"sku": "a\"1", "qty": 3}]},
-            "z": full.payload.clone(),
-        }));
+        // JSON text as the source wrote it goes into the envelope as it is.
+        full.payload =
+            RawJson::from_text(r#"{"amount": 10.50, "big": 123456789012345678901234567890}"#)
+                .unwrap();
+        full.after = Some(RawJson::from_text(r#"{"id":7,"payload":{"amount": 10.50}}"#).unwrap());
         assert_same(&full);
-        full.after = Some(full.payload.clone());
+        let text = String::from_utf8(full.to_json_vec()).unwrap();
+        assert!(
+            text.contains(
+                r#","payload":{"amount": 10.50, "big": 123456789012345678901234567890},"key":"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#","after":{"id":7,"payload":{"amount": 10.50}},"headers":"#),
+            "{text}"
+        );
+        full.payload = json!([1, "two", {"three": null}]).into();
+        full.after = Some(json!({"payload": [1, "two", {"three": null}], "other": [1]}).into());
         assert_same(&full);
-        full.payload = json!([1, "two", {"three": null}]);
-        full.after = Some(json!({"payload": [1, "two", {"three": null}], "other": [1]}));
-        assert_same(&full);
-        full.payload = Value::String("plain text payload".into());
+        full.payload = Value::String("plain text payload".into()).into();
         assert_same(&full);
         full.id = String::new();
         full.source = SourceInfo::default();

@@ -2,7 +2,8 @@
 //!
 //! Connectors and sinks build against this crate alone. It holds:
 //!
-//! - [`Envelope`]: the one JSON shape every change takes, whatever its source;
+//! - [`Envelope`]: the one JSON shape every change takes, whatever its source, with its
+//!   data as [`RawJson`] text;
 //! - [`ChangeSource`] and [`EventSink`]: the two traits a pipeline is made of, with the
 //!   delivery and ordering contract each side must keep;
 //! - [`Checkpoint`]: source positions, opaque to everything but their source;
@@ -21,6 +22,7 @@ mod format;
 mod json;
 pub mod metrics;
 mod position;
+mod raw;
 mod secret;
 mod sink;
 mod source;
@@ -30,6 +32,7 @@ pub use envelope::{event_id_from_position, Envelope, Op, SourceInfo, Timestamp};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Encoded, Format, HeaderStyle};
 pub use position::{Checkpoint, Checkpoints};
+pub use raw::{push_json_str, RawJson};
 pub use secret::Secret;
 pub use sink::{BatchOutcome, EventSink, Pending, Rejection};
 pub use source::{ChangeSource, SourceContext, SourceHandle, SourceItem};

@@ -214,7 +214,7 @@ mod tests {
             aggregate_type: "order".into(),
             aggregate_id: "42".into(),
             event_type: "OrderPaid".into(),
-            payload: serde_json::Value::Null,
+            payload: serde_json::Value::Null.into(),
             key: None,
             before: None,
             after: None,

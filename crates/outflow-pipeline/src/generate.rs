@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outflow_core::{
-    event_id_from_position, ChangeSource, Checkpoint, Envelope, Error, Op, Result, SourceContext,
-    SourceInfo, SourceItem, Timestamp,
+    event_id_from_position, push_json_str, ChangeSource, Checkpoint, Envelope, Error, Op, RawJson,
+    Result, SourceContext, SourceInfo, SourceItem, Timestamp,
 };
 use serde::Deserialize;
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -99,10 +98,18 @@ impl GenerateSource {
         let position = n.to_string();
         let aggregate_type = AGGREGATE_TYPES[(n % 3) as usize];
         let aggregate_id = (n % self.config.keys).to_string();
-        let mut payload = json!({"seq": n, "aggregate": aggregate_id});
+        // {"aggregate":"<id>","filler":"xx…","seq":<n>}, written directly.
+        let mut payload = String::with_capacity(48 + self.filler.len());
+        payload.push_str("{\"aggregate\":");
+        push_json_str(&mut payload, &aggregate_id);
         if !self.filler.is_empty() {
-            payload["filler"] = json!(self.filler);
+            payload.push_str(",\"filler\":");
+            push_json_str(&mut payload, &self.filler);
         }
+        payload.push_str(",\"seq\":");
+        payload.push_str(itoa::Buffer::new().format(n));
+        payload.push('}');
+        let payload = RawJson::from_text_unchecked(payload);
         Envelope {
             id: event_id_from_position(pipeline, None, &position),
             op: Op::Insert,

@@ -17,7 +17,7 @@ use outflow_pipeline::{
 use tokio::sync::{watch, Semaphore};
 
 fn seq(event: &Envelope) -> u64 {
-    event.payload["seq"]
+    event.payload.to_value().expect("JSON")["seq"]
         .as_u64()
         .expect("generated events carry seq")
 }

@@ -329,7 +329,7 @@ pub(crate) fn dead_letter_message(
     let mut slim = event.clone();
     let mut omitted = Vec::new();
     if !slim.payload.is_null() {
-        slim.payload = serde_json::Value::Null;
+        slim.payload = outflow_core::RawJson::null();
         omitted.push("payload");
     }
     for (name, field) in [
@@ -396,7 +396,7 @@ mod tests {
             aggregate_type: "order".into(),
             aggregate_id: "7".into(),
             event_type: "OrderCreated".into(),
-            payload: json!({"n": 1}),
+            payload: json!({"n": 1}).into(),
             key: None,
             before: None,
             after: None,
@@ -657,8 +657,8 @@ mod tests {
     #[test]
     fn dead_letter_of_an_oversized_event_leaves_its_data_out() {
         let mut ev = event();
-        ev.payload = json!({"blob": "x".repeat(5000)});
-        ev.after = Some(json!({"id": 1}));
+        ev.payload = json!({"blob": "x".repeat(5000)}).into();
+        ev.after = Some(json!({"id": 1}).into());
         let limit = 2048;
         assert!(encode(&ev, &template(), Format::Envelope, limit).is_err());
         let m = dead_letter_message("dlq".into(), &ev, "too big", limit).unwrap();
@@ -671,7 +671,7 @@ mod tests {
         let back: Envelope = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(back.id, "e-1");
         assert_eq!(back.aggregate_type, "order");
-        assert_eq!(back.payload, serde_json::Value::Null);
+        assert_eq!(back.payload, serde_json::Value::Null.into());
         assert_eq!(back.after, None);
         assert!(back.headers.is_empty());
 

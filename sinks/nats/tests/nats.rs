@@ -24,7 +24,7 @@ fn event(id: &str, aggregate_type: &str, n: usize) -> Envelope {
         aggregate_type: aggregate_type.to_string(),
         aggregate_id: format!("agg-{n}"),
         event_type: "OrderCreated".into(),
-        payload: json!({"n": n}),
+        payload: json!({"n": n}).into(),
         key: None,
         before: None,
         after: None,
@@ -289,7 +289,7 @@ async fn an_event_over_max_payload_is_rejected_with_its_index() {
     config.stream = Some("BIG".into());
     let sink = NatsSink::connect(config, "orders").await.expect("connect");
     let mut events: Vec<Envelope> = batch("p", 0, 4).to_vec();
-    events[2].payload = json!({"blob": "x".repeat(4000)});
+    events[2].payload = json!({"blob": "x".repeat(4000)}).into();
     let outcome = sink
         .send(Arc::from(events))
         .await

@@ -25,7 +25,7 @@ fn event(id: &str, n: usize, filler: usize) -> Envelope {
         aggregate_type: "order".into(),
         aggregate_id: n.to_string(),
         event_type: "OrderCreated".into(),
-        payload: json!({"n": n, "filler": "x".repeat(filler)}),
+        payload: json!({"n": n, "filler": "x".repeat(filler)}).into(),
         key: None,
         before: None,
         after: None,

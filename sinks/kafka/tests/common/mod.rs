@@ -311,7 +311,7 @@ pub(crate) fn event(id: &str, aggregate_type: &str, aggregate_id: &str, seq: u64
         aggregate_type: aggregate_type.to_string(),
         aggregate_id: aggregate_id.to_string(),
         event_type: "OrderUpdated".to_string(),
-        payload: serde_json::json!({ "aggregate": aggregate_id, "seq": seq }),
+        payload: serde_json::json!({ "aggregate": aggregate_id, "seq": seq }).into(),
         key: None,
         before: None,
         after: None,
