@@ -1,8 +1,7 @@
 //! From decoded changes to envelopes, in the three modes.
 
-use std::collections::BTreeMap;
-
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use outflow_core::{event_id_from_position, Envelope, Error, Op, RawJson, SourceInfo, Timestamp};
 use serde_json::value::RawValue;

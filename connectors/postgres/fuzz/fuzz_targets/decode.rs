@@ -1,5 +1,7 @@
 //! Feeds arbitrary bytes to the pgoutput decoder and, when a message decodes, its tuple
-//! values to the value mapping: neither may panic.
+//! values to the value mapping: neither may panic, and every JSON text the mapping
+//! returns must be valid JSON (`RawJson::from_text_unchecked` asserts it in this build,
+//! which has debug assertions on).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
