@@ -45,6 +45,31 @@ pub(crate) fn write_envelope(out: &mut Vec<u8>, e: &Envelope) {
     out.push(b'}');
 }
 
+/// Appends the CloudEvents 1.0 structured JSON of an event: the same bytes as
+/// serde_json writes for `format::CloudEvent`, the payload's text copied as it is.
+pub(crate) fn write_cloudevent(out: &mut Vec<u8>, e: &Envelope) {
+    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+    write_str(out, &e.id);
+    out.extend_from_slice(b",\"source\":\"outflow/");
+    write_content(out, &e.source.pipeline);
+    out.push(b'/');
+    write_content(out, &e.source.collection);
+    out.push(b'"');
+    out.extend_from_slice(b",\"type\":");
+    write_str(out, &e.event_type);
+    out.extend_from_slice(b",\"subject\":");
+    write_str(out, &e.aggregate_id);
+    if let Some(time) = e.source.commit_time {
+        out.extend_from_slice(b",\"time\":");
+        write_timestamp(out, time);
+    }
+    out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"aggregatetype\":");
+    write_str(out, &e.aggregate_type);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(e.payload.as_str().as_bytes());
+    out.push(b'}');
+}
+
 fn write_source(out: &mut Vec<u8>, s: &SourceInfo) {
     out.extend_from_slice(b"{\"connector\":");
     write_str(out, &s.connector);
@@ -197,13 +222,18 @@ impl TextOut for String {
 pub(crate) fn write_str<O: TextOut + ?Sized>(out: &mut O, text: &str) {
     out.reserve_more(text.len() + 2);
     out.put("\"");
+    write_content(out, text);
+    out.put("\"");
+}
+
+/// Appends a JSON string's content, escaped, without its quotes.
+fn write_content<O: TextOut + ?Sized>(out: &mut O, text: &str) {
     if is_plain(text.as_bytes()) {
         // Nearly every string: one copy, no byte-by-byte walk.
         out.put(text);
     } else {
         write_escaped(out, text);
     }
-    out.put("\"");
 }
 
 /// Whether no byte of `bytes` needs escaping: eight bytes at a time, then the tail.
@@ -375,6 +405,30 @@ mod tests {
             String::from_utf8_lossy(&out),
             serde_json::to_string(e).unwrap()
         );
+    }
+
+    /// The structured CloudEvent is serde_json's text of `format::CloudEvent`, byte for
+    /// byte, with and without a time and with names that need escaping.
+    #[test]
+    fn cloudevents_match_serde_json() {
+        let mut e = envelope();
+        let check = |e: &Envelope| {
+            let mut out = Vec::new();
+            write_cloudevent(&mut out, e);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                serde_json::to_string(&crate::format::CloudEvent::of(e)).unwrap()
+            );
+        };
+        check(&e);
+        e.source.commit_time = Some(Timestamp::from_unix_micros(1_764_763_200_123_456));
+        check(&e);
+        e.source.pipeline = "odd \"pipe\"\n".into();
+        e.source.collection = "public.\\outbox\u{1}".into();
+        e.aggregate_id = "a\tb".into();
+        check(&e);
+        e.payload = RawJson::from_text(r#"{"amount": 10.50}"#).unwrap();
+        check(&e);
     }
 
     /// Every field empty, absent and present, every op, timestamps in and out of the
