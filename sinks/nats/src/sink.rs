@@ -312,8 +312,13 @@ impl NatsSink {
                         stream::ensure_stream(&js, name, &subjects, config.duplicate_window)
                             .await?;
                     if let Ensured::Existing { subjects: existing } = ensured {
-                        for subject in subjects.iter().filter(|s| !existing.contains(s)) {
-                            if stream::stream_for_subject(&js, subject).await?.is_none() {
+                        let uncovered = subjects
+                            .iter()
+                            .filter(|s| !existing.iter().any(|p| stream::covers(p, s)));
+                        for subject in uncovered {
+                            // Another stream may capture it (checked again below when the
+                            // stream is exclusive, which needs them all in one).
+                            if stream::covering_stream(&js, subject).await?.0.is_none() {
                                 return Err(Error::fatal(format!(
                                     "stream {name:?} exists with subjects {existing:?}, which do \
                                      not capture {subject:?}; add it to the stream (`nats \
@@ -325,11 +330,23 @@ impl NatsSink {
                 }
                 None => {
                     for subject in &subjects {
-                        if stream::stream_for_subject(&js, subject).await?.is_none() {
+                        let (covering, overlapping) = stream::covering_stream(&js, subject).await?;
+                        if overlapping.is_empty() {
                             return Err(stream::missing_stream_error(
                                 config.subject.as_str(),
                                 subject,
                             ));
+                        }
+                        if covering.is_none() {
+                            // Events whose subject no stream captures fail when they are
+                            // published ("no JetStream stream captures ..."); others go.
+                            warn!(
+                                pipeline = %pipeline,
+                                subject = %subject,
+                                streams = ?overlapping,
+                                "no JetStream stream captures every subject the template \
+                                 can make; events on the others will fail"
+                            );
                         }
                     }
                 }
@@ -385,7 +402,18 @@ async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str)
                     subject,
                 ))
             }
-            [one] => one.clone(),
+            [one] => {
+                let captured = stream::stream_subjects(js, one).await?;
+                if !captured.iter().any(|p| stream::covers(p, subject)) {
+                    return Err(Error::fatal(format!(
+                        "exclusive_stream needs every subject of the sink in one stream, but \
+                         stream {one:?} captures only part of {subject:?} (its subjects: \
+                         {captured:?}); add {subject:?} to it (`nats stream edit {one} \
+                         --subjects ...`), or set exclusive_stream = false"
+                    )));
+                }
+                one.clone()
+            }
             [first, rest @ ..] => {
                 let rest: Vec<String> = rest.iter().map(|n| format!("{n:?}")).collect();
                 return Err(Error::fatal(format!(

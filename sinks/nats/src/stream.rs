@@ -269,6 +269,53 @@ pub(crate) async fn stream_for_subject(
     Ok(streams_for_subject(js, subject).await?.into_iter().next())
 }
 
+/// Whether every subject that `subject` (which may hold wildcards) matches is also
+/// matched by the stream subject `pattern`: `orders.>` covers `orders.*.created`, but
+/// `orders.created` only overlaps `orders.*`.
+pub(crate) fn covers(pattern: &str, subject: &str) -> bool {
+    let mut wanted = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, wanted.next()) {
+            // `>` matches one or more tokens, whatever they are.
+            (">", Some(_)) => return true,
+            (_, None) | (_, Some(">")) => return false,
+            ("*", Some(_)) => {}
+            (literal, Some(other)) if literal == other => {}
+            _ => return false,
+        }
+    }
+    wanted.next().is_none()
+}
+
+/// The subjects of stream `name` (none when it does not exist).
+pub(crate) async fn stream_subjects(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(stream_info(js, name)
+        .await?
+        .map(|info| info.config.subjects)
+        .unwrap_or_default())
+}
+
+/// The streams that overlap `subject`, each with its subjects, and the first of them that
+/// captures all of it, if one does.
+pub(crate) async fn covering_stream(
+    js: &jetstream::Context,
+    subject: &str,
+) -> Result<(Option<String>, Vec<(String, Vec<String>)>), Error> {
+    let mut overlapping = Vec::new();
+    let mut covering = None;
+    for name in streams_for_subject(js, subject).await? {
+        let subjects = stream_subjects(js, &name).await?;
+        if covering.is_none() && subjects.iter().any(|p| covers(p, subject)) {
+            covering = Some(name.clone());
+        }
+        overlapping.push((name, subjects));
+    }
+    Ok((covering, overlapping))
+}
+
 /// The `Nats-Msg-Id` of the last message stream `name` holds, if it has one.
 pub(crate) async fn last_message_id(
     js: &jetstream::Context,
@@ -328,6 +375,37 @@ mod tests {
         let err = derive("{pipeline}.events").unwrap_err();
         assert_eq!(err.kind(), outflow_core::ErrorKind::Fatal);
         assert!(err.to_string().contains("set `stream_subjects`"), "{err}");
+    }
+
+    #[test]
+    fn covering_is_matching_every_subject() {
+        for (pattern, subject) in [
+            ("a.b", "a.b"),
+            ("a.*", "a.b"),
+            ("a.*", "a.*"),
+            ("a.>", "a.b.c"),
+            ("a.>", "a.*.c"),
+            ("a.>", "a.>"),
+            (">", "a"),
+            ("*.b.>", "x.b.*"),
+        ] {
+            assert!(covers(pattern, subject), "{pattern} covers {subject}");
+        }
+        for (pattern, subject) in [
+            ("a.b", "a.*"),
+            ("a.b", "a.c"),
+            ("a.*", "a.>"),
+            ("a.*", "a.b.c"),
+            ("a.*", "a"),
+            ("a.>", "a"),
+            ("a.b.c", "a.b"),
+            ("a.*.c", "a.>"),
+        ] {
+            assert!(
+                !covers(pattern, subject),
+                "{pattern} does not cover {subject}"
+            );
+        }
     }
 
     #[test]

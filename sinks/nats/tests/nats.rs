@@ -928,3 +928,36 @@ async fn an_existing_stream_without_the_subjects_is_fatal_and_says_what_to_chang
         )
     );
 }
+
+/// A stream that captures only some of the template's subjects (`<prefix>.order` of
+/// `<prefix>.*`) overlaps them, which the server's stream lookup reports as a match; the
+/// sink must not take it for the stream of every subject.
+#[tokio::test]
+async fn an_existing_stream_capturing_part_of_the_subjects_is_fatal() {
+    let prefix = unique_name("partial");
+    let stream = unique_name("PARTIAL");
+    js_for(nats_url())
+        .await
+        .create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{prefix}.order")],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let mut config = shared_config(&prefix);
+    config.stream = Some(stream.clone());
+    let err = NatsSink::connect(config, "orders")
+        .await
+        .expect_err("the stream captures only part of the subjects");
+    js_for(nats_url()).await.delete_stream(&stream).await.ok();
+    assert_eq!(err.kind(), ErrorKind::Fatal);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "stream {stream:?} exists with subjects [\"{prefix}.order\"], which do not capture \
+             \"{prefix}.*\"; add it to the stream (`nats stream edit {stream} --subjects ...`) \
+             or change `subject`"
+        )
+    );
+}

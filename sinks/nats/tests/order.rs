@@ -251,9 +251,22 @@ async fn an_exclusive_stream_must_capture_every_subject() {
             both[0], both[1]
         )
     );
-    for name in [&first, &second] {
-        js.delete_stream(name).await.expect("delete stream");
-    }
+    // With one of them left, it overlaps the subjects but captures only some of them.
+    js.delete_stream(&second).await.expect("delete stream");
+    let err = NatsSink::connect(config, "orders")
+        .await
+        .expect_err("one stream capturing part of the subjects cannot hold the chain");
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{}", err.chain());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "exclusive_stream needs every subject of the sink in one stream, but stream \
+             {first:?} captures only part of \"{prefix}.>\" (its subjects: \
+             [\"{prefix}.a.events\"]); add \"{prefix}.>\" to it (`nats stream edit {first} \
+             --subjects ...`), or set exclusive_stream = false"
+        )
+    );
+    js.delete_stream(&first).await.expect("delete stream");
 }
 
 /// A stream refuses one event as larger than its `max_msg_size` (the server would take
