@@ -40,8 +40,10 @@ pub enum Kind {
     Float,
     /// `numeric`: always a string.
     Numeric,
-    /// `json`, `jsonb`: embedded.
+    /// `json`: embedded, checked to be JSON.
     Json,
+    /// `jsonb`: embedded as the server printed it, which is always JSON.
+    Jsonb,
     /// `bytea`: base64.
     Bytea,
     /// `timestamp without time zone`.
@@ -92,7 +94,8 @@ pub fn builtin_scalar(oid: u32) -> Option<Kind> {
         20 => Kind::Int8,
         700 | 701 => Kind::Float,
         1700 => Kind::Numeric,
-        114 | 3802 => Kind::Json,
+        114 => Kind::Json,
+        3802 => Kind::Jsonb,
         17 => Kind::Bytea,
         1114 => Kind::Timestamp,
         1184 => Kind::Timestamptz,
@@ -251,12 +254,22 @@ pub fn write_json(kind: &Kind, text: &str, out: &mut String) -> Result<(), Value
             }
         },
         Kind::Numeric => push_json_str(out, text),
-        // Embedded as Postgres wrote it (jsonb as `{"a": 1}`, json as it was stored), so
-        // numbers keep every digit. Postgres checked it on input; it is checked here once
-        // more, since a value that is not JSON would make the whole envelope unreadable.
+        // Embedded as Postgres wrote it, so numbers keep every digit. A json value is the
+        // text as it was stored, which the server checked on input under its own rules;
+        // it is checked once more here, since a value that is not JSON would make the
+        // whole envelope unreadable.
         Kind::Json => {
             serde_json::from_str::<&RawValue>(text).map_err(|_| bad("json", text))?;
             out.push_str(text.trim());
+        }
+        // A jsonb value is printed by the server from its parsed form (`{"a": 1}`), which
+        // is always one JSON value without surrounding space: checking it again would
+        // cost about a tenth of what the source spends on an outbox row.
+        Kind::Jsonb => {
+            if text.is_empty() {
+                return Err(bad("jsonb", text));
+            }
+            out.push_str(text);
         }
         Kind::Bytea => {
             let hex = text.strip_prefix("\\x").ok_or_else(|| bad("bytea", text))?;
@@ -692,6 +705,22 @@ mod tests {
         assert!(to_json(&Kind::Bytea, "00").is_err());
         assert_eq!(j(&Kind::Json, r#"{"a": [1, 2.5]}"#), json!({"a": [1, 2.5]}));
         assert!(to_json(&Kind::Json, "{").is_err());
+        assert_eq!(
+            to_json(
+                &Kind::Jsonb,
+                r#"{"big": 123456789012345678901234567890, "amount": 10.50}"#
+            )
+            .unwrap()
+            .as_str(),
+            r#"{"big": 123456789012345678901234567890, "amount": 10.50}"#
+        );
+        assert!(to_json(&Kind::Jsonb, "").is_err());
+        assert_eq!(builtin(3802), Some(Kind::Jsonb));
+        assert_eq!(builtin(114), Some(Kind::Json));
+        assert_eq!(
+            builtin(3807),
+            Some(Kind::Array(Box::new(Kind::Jsonb), b','))
+        );
         // json and jsonb keep their text, so numbers keep every digit.
         for text in [
             r#"{"amount": 10.50, "big": 123456789012345678901234567890}"#,

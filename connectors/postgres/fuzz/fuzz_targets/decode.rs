@@ -1,7 +1,8 @@
 //! Feeds arbitrary bytes to the pgoutput decoder and, when a message decodes, its tuple
 //! values to the value mapping: neither may panic, and every JSON text the mapping
 //! returns must be valid JSON (`RawJson::from_text_unchecked` asserts it in this build,
-//! which has debug assertions on).
+//! which has debug assertions on). jsonb (3802) is left out: its text is the server's
+//! own jsonb output, embedded as it is; json (114) is checked and is fuzzed instead.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         _ => return,
     };
     // Read each text value as several kinds, chosen by the value's position.
-    const KINDS: [u32; 10] = [16, 20, 21, 700, 1700, 3802, 17, 1114, 1184, 1007];
+    const KINDS: [u32; 10] = [16, 20, 21, 700, 1700, 114, 17, 1114, 1184, 1007];
     for (n, value) in tuple.iter().enumerate() {
         if let TupleValue::Text(bytes) = value {
             if let Ok(text) = std::str::from_utf8(bytes) {
