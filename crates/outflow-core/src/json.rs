@@ -31,16 +31,9 @@ pub(crate) fn write_envelope(out: &mut Vec<u8>, e: &Envelope) {
     write_option(out, e.before.as_ref());
     out.extend_from_slice(b",\"after\":");
     write_option(out, e.after.as_ref());
-    out.extend_from_slice(b",\"headers\":{");
-    for (i, (name, value)) in e.headers.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, name);
-        out.push(b':');
-        write_str(out, value);
-    }
-    out.extend_from_slice(b"},\"source\":");
+    out.extend_from_slice(b",\"headers\":");
+    write_object(out, e.headers.iter(), |out, value| write_str(out, value));
+    out.extend_from_slice(b",\"source\":");
     write_source(out, &e.source);
     out.push(b'}');
 }
@@ -158,19 +151,26 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        Value::Object(members) => {
-            out.push(b'{');
-            for (i, (name, member)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, name);
-                out.push(b':');
-                write_value(out, member);
-            }
-            out.push(b'}');
-        }
+        Value::Object(members) => write_object(out, members.iter(), write_value),
     }
+}
+
+/// Appends an object, members in the iterator's order, each value written by `value`.
+fn write_object<'a, V>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a String, V)>,
+    mut value: impl FnMut(&mut Vec<u8>, V),
+) {
+    out.push(b'{');
+    for (i, (name, member)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        value(out, member);
+    }
+    out.push(b'}');
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;

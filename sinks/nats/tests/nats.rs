@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use outflow_core::{Envelope, ErrorKind, EventSink, Format, Op, SourceInfo, Template, Timestamp};
+use outflow_core::{
+    Envelope, Error, ErrorKind, EventSink, Format, Op, SourceInfo, Template, Timestamp,
+};
 use outflow_sink_nats::{check, NatsConfig, NatsSink, Secret};
 use outflow_testkit::{free_port, nats_url, unique_name, wait_for_tcp, ChildGuard, PrivateNats};
 use serde_json::{json, Value};
@@ -899,65 +901,45 @@ async fn tls_with_a_private_ca() {
     assert!(err.to_string().contains("cannot read `tls_ca`"), "{err}");
 }
 
-#[tokio::test]
-async fn an_existing_stream_without_the_subjects_is_fatal_and_says_what_to_change() {
-    let prefix = unique_name("elsewhere");
-    let stream = unique_name("OTHER");
+/// Connects with `stream` set to an existing stream capturing `captured` (made from the
+/// test's subject prefix): the error, which says what the stream lacks.
+async fn connect_to_existing_stream(prefix: &str, captured: &str) -> (String, Error) {
+    let stream = unique_name("EXISTING");
     js_for(nats_url())
         .await
         .create_stream(jetstream::stream::Config {
             name: stream.clone(),
-            subjects: vec![format!("{prefix}_other.*")],
+            subjects: vec![captured.to_string()],
             ..Default::default()
         })
         .await
         .expect("create stream");
-    let mut config = shared_config(&prefix);
+    let mut config = shared_config(prefix);
     config.stream = Some(stream.clone());
     let err = NatsSink::connect(config, "orders")
         .await
         .expect_err("the stream does not capture the subjects");
     js_for(nats_url()).await.delete_stream(&stream).await.ok();
     assert_eq!(err.kind(), ErrorKind::Fatal);
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "stream {stream:?} exists with subjects [\"{prefix}_other.*\"], which do not capture \
-             \"{prefix}.*\"; add it to the stream (`nats stream edit {stream} --subjects ...`) \
-             or change `subject`"
-        )
-    );
+    (stream, err)
 }
 
-/// A stream that captures only some of the template's subjects (`<prefix>.order` of
-/// `<prefix>.*`) overlaps them, which the server's stream lookup reports as a match; the
-/// sink must not take it for the stream of every subject.
+/// A stream that captures none of the subjects, and one that captures only some of them
+/// (`<prefix>.order` of `<prefix>.*`): the second overlaps them, which the server's
+/// stream lookup reports as a match, and must not be taken for the stream of every
+/// subject.
 #[tokio::test]
-async fn an_existing_stream_capturing_part_of_the_subjects_is_fatal() {
-    let prefix = unique_name("partial");
-    let stream = unique_name("PARTIAL");
-    js_for(nats_url())
-        .await
-        .create_stream(jetstream::stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("{prefix}.order")],
-            ..Default::default()
-        })
-        .await
-        .expect("create stream");
-    let mut config = shared_config(&prefix);
-    config.stream = Some(stream.clone());
-    let err = NatsSink::connect(config, "orders")
-        .await
-        .expect_err("the stream captures only part of the subjects");
-    js_for(nats_url()).await.delete_stream(&stream).await.ok();
-    assert_eq!(err.kind(), ErrorKind::Fatal);
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "stream {stream:?} exists with subjects [\"{prefix}.order\"], which do not capture \
-             \"{prefix}.*\"; add it to the stream (`nats stream edit {stream} --subjects ...`) \
-             or change `subject`"
-        )
-    );
+async fn an_existing_stream_without_the_subjects_is_fatal_and_says_what_to_change() {
+    let prefix = unique_name("elsewhere");
+    for captured in [format!("{prefix}_other.*"), format!("{prefix}.order")] {
+        let (stream, err) = connect_to_existing_stream(&prefix, &captured).await;
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "stream {stream:?} exists with subjects [{captured:?}], which do not capture \
+                 \"{prefix}.*\"; add it to the stream (`nats stream edit {stream} --subjects \
+                 ...`) or change `subject`"
+            )
+        );
+    }
 }
