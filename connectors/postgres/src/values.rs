@@ -516,7 +516,7 @@ pub struct RowImage {
     text: String,
     /// Per column of the relation, the value's byte range in `text`; `None` for a column
     /// left out (not part of the image, or an unchanged TOAST value).
-    spans: Vec<Option<(u32, u32)>>,
+    spans: Vec<Option<(usize, usize)>>,
 }
 
 impl RowImage {
@@ -528,7 +528,7 @@ impl RowImage {
     /// The JSON text of the value of column `column`, when the image holds it.
     pub fn value(&self, column: usize) -> Option<&str> {
         let (start, end) = (*self.spans.get(column)?)?;
-        self.text.get(start as usize..end as usize)
+        self.text.get(start..end)
     }
 
     /// The image as [`RawJson`].
@@ -617,16 +617,10 @@ pub fn row_image<'t>(
                 })
             }
         }
-        spans.push(Some((offset(start), offset(text.len()))));
+        spans.push(Some((start, text.len())));
     }
     text.push('}');
     Ok(RowImage { text, spans })
-}
-
-/// A byte offset in a row image. A row is at most 1 GB per value and 1,600 columns, so
-/// its image fits in 4 GiB.
-fn offset(at: usize) -> u32 {
-    u32::try_from(at).expect("a row image is smaller than 4 GiB")
 }
 
 /// A tuple that does not fit its relation.
