@@ -683,6 +683,57 @@ mod tests {
         assert_eq!(e.source.txid.as_deref(), Some("731"));
     }
 
+    /// Keys and fields are read back from the row's JSON text: escaped strings come back
+    /// as their text, numbers as their digits, names that need escaping stay names.
+    #[test]
+    fn texts_are_read_back_from_the_row_image() {
+        let rel = relation(&["k\"ey", "n", "doc"], ReplicaIdentity::Full);
+        let info = RelationInfo::new(
+            &rel,
+            vec![Kind::Text, Kind::Int8, Kind::Jsonb],
+            &["k\"ey".into(), "n".into()],
+            Mode::Table,
+            &OutboxColumns::default(),
+        )
+        .unwrap();
+        let row = [
+            TupleValue::Text(b"a\"b\\c\nd"),
+            TupleValue::Text(b"9007199254740993"),
+            TupleValue::Null,
+        ];
+        let e = row_event(
+            &stream(Mode::Table),
+            &info,
+            &tx(),
+            RowChange::Insert(&row),
+            "p".into(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.aggregate_id, "a\"b\\c\nd:9007199254740993");
+        assert_eq!(
+            e.after.as_ref().unwrap().as_str(),
+            r#"{"k\"ey":"a\"b\\c\nd","n":"9007199254740993","doc":null}"#
+        );
+        assert_eq!(
+            e.key.as_ref().unwrap().as_str(),
+            r#"{"k\"ey":"a\"b\\c\nd","n":"9007199254740993"}"#
+        );
+        let delete = OldTuple::Full(row.to_vec());
+        let e = row_event(
+            &stream(Mode::Table),
+            &info,
+            &tx(),
+            RowChange::Delete(&delete),
+            "p".into(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.after, None);
+        assert_eq!(e.payload, e.before.clone().unwrap());
+        assert_eq!(e.aggregate_id, "a\"b\\c\nd:9007199254740993");
+    }
+
     #[test]
     fn outbox_mode_reads_the_columns_and_drops_deletes() {
         let rel = relation(

@@ -230,16 +230,16 @@ pub fn write_json(kind: &Kind, text: &str, out: &mut String) -> Result<(), Value
             "f" => out.push_str("false"),
             _ => return Err(bad("bool", text)),
         },
-        // Postgres writes integers in their canonical decimal form, which is JSON's: once
-        // they parse, the text is the number.
+        // Written from the parsed value: the text may be `+5` or `007`, which parse but
+        // are not JSON numbers.
         Kind::Int => {
-            text.parse::<i64>().map_err(|_| bad("integer", text))?;
-            out.push_str(text);
+            let v = text.parse::<i64>().map_err(|_| bad("integer", text))?;
+            out.push_str(itoa::Buffer::new().format(v));
         }
         Kind::Int8 => {
             let v = text.parse::<i64>().map_err(|_| bad("int8", text))?;
             if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&v) {
-                out.push_str(text);
+                out.push_str(itoa::Buffer::new().format(v));
             } else {
                 push_json_str(out, text);
             }
@@ -679,6 +679,12 @@ mod tests {
         assert_eq!(j(&Kind::Numeric, "1.50"), json!("1.50"));
         assert_eq!(j(&Kind::Numeric, "NaN"), json!("NaN"));
         assert!(to_json(&Kind::Int, "1.5").is_err());
+        // Forms that parse as integers but are not JSON numbers are written canonically
+        // (found by the fuzzer).
+        for (text, json) in [("061", "61"), ("+5", "5"), ("-007", "-7"), ("-0", "0")] {
+            assert_eq!(to_json(&Kind::Int, text).unwrap().as_str(), json);
+            assert_eq!(to_json(&Kind::Int8, text).unwrap().as_str(), json);
+        }
     }
 
     #[test]
