@@ -227,9 +227,8 @@ fn push_digits(out: &mut String, mut value: u64, base: u64) {
             break;
         }
     }
-    for &digit in &buf[at..] {
-        out.push(char::from(digit));
-    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"));
 }
 
 /// A row change, decoded.
@@ -353,56 +352,57 @@ fn string_content(text: &str) -> Cow<'_, str> {
 }
 
 /// Headers from the JSON text of a tracing column or message field (see
-/// [`headers_from`]).
+/// [`headers_from_text`]).
 fn headers_from_json(json: Option<&str>) -> BTreeMap<String, String> {
     match json {
         None | Some("null") => BTreeMap::new(),
-        Some(text) if text.starts_with('"') => {
-            headers_from(Some(&Value::String(string_content(text).into_owned())))
-        }
-        Some(text) => headers_from(serde_json::from_str::<Value>(text).ok().as_ref()),
+        Some(text) if text.starts_with('"') => headers_from_text(&string_content(text)),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => headers_from_object(&map),
+            _ => BTreeMap::new(),
+        },
     }
 }
 
-/// Headers from a tracing column or message field: a W3C traceparent in text, text of
-/// `key=value` lines (Debezium's form), or a JSON object of strings.
-fn headers_from(value: Option<&Value>) -> BTreeMap<String, String> {
+/// Headers from a JSON object: each member that is not null, strings as they are and
+/// other values as JSON.
+fn headers_from_object(map: &serde_json::Map<String, Value>) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
-    match value {
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                match v {
-                    Value::Null => {}
-                    Value::String(text) => {
-                        headers.insert(k.clone(), text.clone());
-                    }
-                    other => {
-                        headers.insert(k.clone(), other.to_string());
-                    }
+    for (k, v) in map {
+        match v {
+            Value::Null => {}
+            Value::String(text) => {
+                headers.insert(k.clone(), text.clone());
+            }
+            other => {
+                headers.insert(k.clone(), other.to_string());
+            }
+        }
+    }
+    headers
+}
+
+/// Headers from a tracing column's or message field's text: a W3C traceparent, text of
+/// `key=value` lines (Debezium's form), or a JSON object of strings.
+fn headers_from_text(text: &str) -> BTreeMap<String, String> {
+    let mut headers = BTreeMap::new();
+    let text = text.trim();
+    if text.starts_with('{') {
+        if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+            return headers_from_object(&map);
+        }
+    }
+    if text.contains('=') {
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                let k = k.trim();
+                if !k.is_empty() && !k.starts_with('#') {
+                    headers.insert(k.to_string(), v.trim().to_string());
                 }
             }
         }
-        Some(Value::String(text)) => {
-            let text = text.trim();
-            if text.starts_with('{') {
-                if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
-                    return headers_from(Some(&Value::Object(map)));
-                }
-            }
-            if text.contains('=') {
-                for line in text.lines() {
-                    if let Some((k, v)) = line.split_once('=') {
-                        let k = k.trim();
-                        if !k.is_empty() && !k.starts_with('#') {
-                            headers.insert(k.to_string(), v.trim().to_string());
-                        }
-                    }
-                }
-            } else if !text.is_empty() {
-                headers.insert("traceparent".to_string(), text.to_string());
-            }
-        }
-        _ => {}
+    } else if !text.is_empty() {
+        headers.insert("traceparent".to_string(), text.to_string());
     }
     headers
 }
@@ -831,24 +831,33 @@ mod tests {
 
     #[test]
     fn headers_from_text_properties_and_json() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         assert_eq!(
-            headers_from(Some(&json!("traceparent=00-a-b-01\ntracestate=x=1"))),
-            BTreeMap::from([
-                ("traceparent".to_string(), "00-a-b-01".to_string()),
-                ("tracestate".to_string(), "x=1".to_string())
-            ])
+            headers_from_json(Some(r#""traceparent=00-a-b-01\ntracestate=x=1""#)),
+            map(&[("traceparent", "00-a-b-01"), ("tracestate", "x=1")])
         );
         assert_eq!(
-            headers_from(Some(
-                &json!({"traceparent": "00-a-b-01", "n": 1, "z": null})
-            )),
-            BTreeMap::from([
-                ("traceparent".to_string(), "00-a-b-01".to_string()),
-                ("n".to_string(), "1".to_string())
-            ])
+            headers_from_json(Some(r#"{"traceparent": "00-a-b-01", "n": 1, "z": null}"#)),
+            map(&[("traceparent", "00-a-b-01"), ("n", "1")])
         );
-        assert!(headers_from(Some(&Value::Null)).is_empty());
-        assert!(headers_from(Some(&json!(""))).is_empty());
+        // A JSON object kept in a text column, and a bare traceparent.
+        assert_eq!(
+            headers_from_json(Some(r#""{\"traceparent\": \"00-a-b-01\"}""#)),
+            map(&[("traceparent", "00-a-b-01")])
+        );
+        assert_eq!(
+            headers_from_json(Some(r#"" 00-a-b-01 ""#)),
+            map(&[("traceparent", "00-a-b-01")])
+        );
+        assert!(headers_from_json(Some("null")).is_empty());
+        assert!(headers_from_json(None).is_empty());
+        assert!(headers_from_json(Some(r#""""#)).is_empty());
+        assert!(headers_from_json(Some("[1, 2]")).is_empty());
     }
 
     #[test]
