@@ -3,7 +3,10 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use outflow_core::{event_id_from_position, Envelope, Error, Op, RawJson, SourceInfo, Timestamp};
+use outflow_core::{
+    event_id_from_position, json_string_content, Envelope, Error, Op, RawJson, SourceInfo,
+    Timestamp,
+};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tracing::{debug, trace, warn};
@@ -336,18 +339,7 @@ fn table_event(
 fn text_of(json: Option<&str>) -> Option<Cow<'_, str>> {
     match json? {
         "null" => None,
-        text if text.starts_with('"') => Some(string_content(text)),
-        text => Some(Cow::Borrowed(text)),
-    }
-}
-
-/// The content of a JSON string's text (quoted, valid JSON).
-fn string_content(text: &str) -> Cow<'_, str> {
-    let inner = &text[1..text.len() - 1];
-    if inner.contains('\\') {
-        Cow::Owned(serde_json::from_str::<String>(text).unwrap_or_else(|_| inner.to_string()))
-    } else {
-        Cow::Borrowed(inner)
+        text => Some(json_string_content(text).unwrap_or(Cow::Borrowed(text))),
     }
 }
 
@@ -356,10 +348,12 @@ fn string_content(text: &str) -> Cow<'_, str> {
 fn headers_from_json(json: Option<&str>) -> BTreeMap<String, String> {
     match json {
         None | Some("null") => BTreeMap::new(),
-        Some(text) if text.starts_with('"') => headers_from_text(&string_content(text)),
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => headers_from_object(&map),
-            _ => BTreeMap::new(),
+        Some(text) => match json_string_content(text) {
+            Some(content) => headers_from_text(&content),
+            None => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => headers_from_object(&map),
+                _ => BTreeMap::new(),
+            },
         },
     }
 }
@@ -701,15 +695,12 @@ mod tests {
             TupleValue::Text(b"9007199254740993"),
             TupleValue::Null,
         ];
-        let e = row_event(
-            &stream(Mode::Table),
-            &info,
-            &tx(),
-            RowChange::Insert(&row),
-            "p".into(),
-        )
-        .unwrap()
-        .unwrap();
+        let event = |change| {
+            row_event(&stream(Mode::Table), &info, &tx(), change, "p".into())
+                .unwrap()
+                .unwrap()
+        };
+        let e = event(RowChange::Insert(&row));
         assert_eq!(e.aggregate_id, "a\"b\\c\nd:9007199254740993");
         assert_eq!(
             e.after.as_ref().unwrap().as_str(),
@@ -720,15 +711,7 @@ mod tests {
             r#"{"k\"ey":"a\"b\\c\nd","n":"9007199254740993"}"#
         );
         let delete = OldTuple::Full(row.to_vec());
-        let e = row_event(
-            &stream(Mode::Table),
-            &info,
-            &tx(),
-            RowChange::Delete(&delete),
-            "p".into(),
-        )
-        .unwrap()
-        .unwrap();
+        let e = event(RowChange::Delete(&delete));
         assert_eq!(e.after, None);
         assert_eq!(e.payload, e.before.clone().unwrap());
         assert_eq!(e.aggregate_id, "a\"b\\c\nd:9007199254740993");

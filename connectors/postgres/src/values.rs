@@ -586,23 +586,32 @@ pub fn row_image<'t>(
                 continue;
             }
         }
-        if matches!(value, TupleValue::UnchangedToast) {
-            unchanged.push(name.clone());
-            spans.push(None);
-            continue;
-        }
+        let value = match value {
+            TupleValue::UnchangedToast => {
+                unchanged.push(name.clone());
+                spans.push(None);
+                continue;
+            }
+            TupleValue::Binary(_) => {
+                return Err(RowError::Binary {
+                    column: name.clone(),
+                })
+            }
+            TupleValue::Null => None,
+            TupleValue::Text(bytes) => {
+                Some(std::str::from_utf8(bytes).map_err(|_| RowError::NotUtf8 {
+                    column: name.clone(),
+                })?)
+            }
+        };
         if text.len() > 1 {
             text.push(',');
         }
         text.push_str(member);
         let start = text.len();
         match value {
-            TupleValue::Null => text.push_str("null"),
-            TupleValue::UnchangedToast => unreachable!("left out above"),
-            TupleValue::Text(bytes) => {
-                let value = std::str::from_utf8(bytes).map_err(|_| RowError::NotUtf8 {
-                    column: name.clone(),
-                })?;
+            None => text.push_str("null"),
+            Some(value) => {
                 if let Err(error) = write_json(kind, value, &mut text) {
                     // The text form is the value, losslessly; deliver it rather than
                     // stop the stream on a form this mapping did not foresee.
@@ -610,11 +619,6 @@ pub fn row_image<'t>(
                     text.truncate(start);
                     push_json_str(&mut text, value);
                 }
-            }
-            TupleValue::Binary(_) => {
-                return Err(RowError::Binary {
-                    column: name.clone(),
-                })
             }
         }
         spans.push(Some((start, text.len())));

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Envelope, RawJson, Timestamp};
 use serde::Serialize;
+
+use crate::{Envelope, RawJson, Timestamp};
 
 /// How events are written on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -32,7 +32,7 @@ pub use envelope::{event_id_from_position, Envelope, Op, SourceInfo, Timestamp};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Encoded, Format, HeaderStyle};
 pub use position::{Checkpoint, Checkpoints};
-pub use raw::{push_json_str, RawJson};
+pub use raw::{json_string_content, push_json_str, RawJson};
 pub use secret::Secret;
 pub use sink::{BatchOutcome, EventSink, Pending, Rejection};
 pub use source::{ChangeSource, SourceContext, SourceHandle, SourceItem};

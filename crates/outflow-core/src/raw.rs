@@ -35,15 +35,8 @@ impl RawJson {
     ///
     /// Errors with serde_json's description of the first problem and its position.
     pub fn from_text(text: impl Into<String>) -> Result<RawJson, serde_json::Error> {
-        let mut text = text.into();
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
-        let end = text.trim_end().len();
-        text.truncate(end);
-        let start = text.len() - text.trim_start().len();
-        if start > 0 {
-            text.drain(..start);
-        }
-        Ok(RawJson(text))
+        let raw = RawValue::from_string(text.into())?;
+        Ok(RawJson(Box::<str>::from(raw).into_string()))
     }
 
     /// Keeps `text` without checking it. For text a connector wrote itself, or a
@@ -79,11 +72,6 @@ impl RawJson {
         &self.0
     }
 
-    /// The JSON text, owned.
-    pub fn into_string(self) -> String {
-        self.0
-    }
-
     /// Whether this is the JSON `null`.
     pub fn is_null(&self) -> bool {
         self.0 == "null"
@@ -107,8 +95,9 @@ impl RawJson {
     }
 }
 
-/// The content of a JSON string's text (`"a\nb"`), or `None` when `text` is not a string.
-fn json_string_content(text: &str) -> Option<Cow<'_, str>> {
+/// The content of a JSON string's text (`"a\nb"` gives `a`, a line break, `b`), or `None`
+/// when `text` is not a JSON string. For connectors reading fields out of JSON text.
+pub fn json_string_content(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<String>(text).ok().map(Cow::Owned)

@@ -312,13 +312,12 @@ impl NatsSink {
                         stream::ensure_stream(&js, name, &subjects, config.duplicate_window)
                             .await?;
                     if let Ensured::Existing { subjects: existing } = ensured {
-                        let uncovered = subjects
-                            .iter()
-                            .filter(|s| !existing.iter().any(|p| stream::covers(p, s)));
+                        let uncovered = subjects.iter().filter(|s| !stream::captures(&existing, s));
                         for subject in uncovered {
                             // Another stream may capture it (checked again below when the
                             // stream is exclusive, which needs them all in one).
-                            if stream::covering_stream(&js, subject).await?.0.is_none() {
+                            let others = stream::overlapping_streams(&js, subject).await?;
+                            if !others.iter().any(|(_, s)| stream::captures(s, subject)) {
                                 return Err(Error::fatal(format!(
                                     "stream {name:?} exists with subjects {existing:?}, which do \
                                      not capture {subject:?}; add it to the stream (`nats \
@@ -330,14 +329,17 @@ impl NatsSink {
                 }
                 None => {
                     for subject in &subjects {
-                        let (covering, overlapping) = stream::covering_stream(&js, subject).await?;
+                        let overlapping = stream::overlapping_streams(&js, subject).await?;
                         if overlapping.is_empty() {
                             return Err(stream::missing_stream_error(
                                 config.subject.as_str(),
                                 subject,
                             ));
                         }
-                        if covering.is_none() {
+                        if !overlapping
+                            .iter()
+                            .any(|(_, s)| stream::captures(s, subject))
+                        {
                             // Events whose subject no stream captures fail when they are
                             // published ("no JetStream stream captures ..."); others go.
                             warn!(
@@ -395,16 +397,15 @@ async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str)
     let mut owner: Option<String> = None;
     for subject in &subjects {
         // Each stream knows only its own last id: a chain cannot span two streams.
-        let found = match stream::streams_for_subject(js, subject).await?.as_slice() {
+        let found = match stream::overlapping_streams(js, subject).await?.as_slice() {
             [] => {
                 return Err(stream::missing_stream_error(
                     config.subject.as_str(),
                     subject,
                 ))
             }
-            [one] => {
-                let captured = stream::stream_subjects(js, one).await?;
-                if !captured.iter().any(|p| stream::covers(p, subject)) {
+            [(one, captured)] => {
+                if !stream::captures(captured, subject) {
                     return Err(Error::fatal(format!(
                         "exclusive_stream needs every subject of the sink in one stream, but \
                          stream {one:?} captures only part of {subject:?} (its subjects: \
@@ -414,8 +415,8 @@ async fn chain_for(js: &jetstream::Context, config: &NatsConfig, pipeline: &str)
                 }
                 one.clone()
             }
-            [first, rest @ ..] => {
-                let rest: Vec<String> = rest.iter().map(|n| format!("{n:?}")).collect();
+            [(first, _), rest @ ..] => {
+                let rest: Vec<String> = rest.iter().map(|(n, _)| format!("{n:?}")).collect();
                 return Err(Error::fatal(format!(
                     "exclusive_stream needs every subject of the sink in one stream, but \
                      streams {first:?} and {} share {subject:?}; give the sink one stream \

@@ -287,33 +287,27 @@ pub(crate) fn covers(pattern: &str, subject: &str) -> bool {
     wanted.next().is_none()
 }
 
-/// The subjects of stream `name` (none when it does not exist).
-pub(crate) async fn stream_subjects(
-    js: &jetstream::Context,
-    name: &str,
-) -> Result<Vec<String>, Error> {
-    Ok(stream_info(js, name)
-        .await?
-        .map(|info| info.config.subjects)
-        .unwrap_or_default())
+/// Whether one of a stream's subjects covers `subject` (see [`covers`]).
+pub(crate) fn captures(stream_subjects: &[String], subject: &str) -> bool {
+    stream_subjects.iter().any(|p| covers(p, subject))
 }
 
-/// The streams that overlap `subject`, each with its subjects, and the first of them that
-/// captures all of it, if one does.
-pub(crate) async fn covering_stream(
+/// The streams whose subjects overlap `subject` ([`streams_for_subject`]), each with its
+/// subjects, so a caller can tell one that captures all of it from one that captures
+/// part.
+pub(crate) async fn overlapping_streams(
     js: &jetstream::Context,
     subject: &str,
-) -> Result<(Option<String>, Vec<(String, Vec<String>)>), Error> {
+) -> Result<Vec<(String, Vec<String>)>, Error> {
     let mut overlapping = Vec::new();
-    let mut covering = None;
     for name in streams_for_subject(js, subject).await? {
-        let subjects = stream_subjects(js, &name).await?;
-        if covering.is_none() && subjects.iter().any(|p| covers(p, subject)) {
-            covering = Some(name.clone());
-        }
+        let subjects = stream_info(js, &name)
+            .await?
+            .map(|info| info.config.subjects)
+            .unwrap_or_default();
         overlapping.push((name, subjects));
     }
-    Ok((covering, overlapping))
+    Ok(overlapping)
 }
 
 /// The `Nats-Msg-Id` of the last message stream `name` holds, if it has one.
