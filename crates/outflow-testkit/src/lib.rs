@@ -39,7 +39,7 @@ mod proxy;
 mod services;
 
 pub use names::{unique_name, MAX_NAME_LEN};
-pub use nats::PrivateNats;
+pub use nats::{subscribe_ready, PrivateNats};
 pub use net::{free_port, wait_for_tcp, wait_for_tcp_blocking};
 pub use postgres::{connect, fresh_database, PrivatePostgres, TestDb};
 pub use process::ChildGuard;

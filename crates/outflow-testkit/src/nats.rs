@@ -203,3 +203,42 @@ impl PrivateNats {
         self.dir.path()
     }
 }
+
+/// Subscribes `client` to `subject` and returns once the server has registered the
+/// subscription, so that a message another connection publishes from then on reaches
+/// it. `Client::flush` only writes the SUB to the socket; this publishes `probe` (a
+/// subject that `subject` matches) on the same connection and waits for it: the server
+/// handles one connection's commands in order, so the probe's arrival proves the SUB was
+/// handled. Messages before the probe (other publishers' on a shared server) and the
+/// probe itself are consumed here.
+///
+/// # Panics
+///
+/// When the subscription fails or the probe does not arrive within 10 seconds.
+pub async fn subscribe_ready(
+    client: &async_nats::Client,
+    subject: String,
+    probe: String,
+) -> async_nats::Subscriber {
+    use futures::StreamExt;
+    let mut sub = client
+        .subscribe(subject.clone())
+        .await
+        .unwrap_or_else(|e| panic!("subscribing to {subject:?}: {e}"));
+    client
+        .publish(probe.clone(), "probe".into())
+        .await
+        .unwrap_or_else(|e| panic!("publishing the probe {probe:?}: {e}"));
+    let arrived = async {
+        while let Some(msg) = sub.next().await {
+            if msg.subject.as_str() == probe {
+                return;
+            }
+        }
+        panic!("the subscription to {subject:?} closed");
+    };
+    tokio::time::timeout(Duration::from_secs(10), arrived)
+        .await
+        .unwrap_or_else(|_| panic!("the probe {probe:?} did not arrive on {subject:?}"));
+    sub
+}

@@ -462,8 +462,9 @@ async fn core_nats_publishes_and_flushes() {
         .await
         .expect("connect without a stream");
     let client = async_nats::connect(nats_url()).await.unwrap();
-    let mut sub = client.subscribe(format!("{prefix}.*")).await.unwrap();
-    client.flush().await.unwrap();
+    let mut sub =
+        outflow_testkit::subscribe_ready(&client, format!("{prefix}.*"), format!("{prefix}.probe"))
+            .await;
     let b = batch("c", 0, 20);
     let outcome = sink.send(b.clone()).await.unwrap().await.expect("flushed");
     assert!(outcome.rejected.is_empty());

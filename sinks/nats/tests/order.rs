@@ -469,8 +469,12 @@ impl Drop for AckTap {
 impl AckTap {
     async fn start(url: &str) -> AckTap {
         let client = async_nats::connect(url).await.expect("tap connects");
-        let mut inbox = client.subscribe("_INBOX.>").await.expect("tap subscribes");
-        client.flush().await.expect("tap flushed");
+        let mut inbox = outflow_testkit::subscribe_ready(
+            &client,
+            "_INBOX.>".to_string(),
+            format!("_INBOX.{}", outflow_testkit::unique_name("probe")),
+        )
+        .await;
         let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = Arc::clone(&acks);
         let task = tokio::spawn(async move {
