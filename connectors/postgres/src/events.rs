@@ -206,32 +206,25 @@ pub(crate) fn position(tx: &TxInfo, change_lsn: Lsn, index: u64) -> String {
     out.push('/');
     push_lsn(&mut out, change_lsn);
     out.push('/');
-    push_digits(&mut out, index, 10);
+    out.push_str(itoa::Buffer::new().format(index));
     out
 }
 
 /// Appends an LSN as `X/Y` in uppercase hexadecimal, as [`Lsn`]'s `Display` does.
 fn push_lsn(out: &mut String, lsn: Lsn) {
-    push_digits(out, lsn.0 >> 32, 16);
+    push_hex(out, (lsn.0 >> 32) as u32);
     out.push('/');
-    push_digits(out, lsn.0 & 0xFFFF_FFFF, 16);
+    push_hex(out, lsn.0 as u32);
 }
 
-/// Appends `value` in base 10 or 16 (uppercase), without leading zeros.
-fn push_digits(out: &mut String, mut value: u64, base: u64) {
+/// Appends `value` in uppercase hexadecimal without leading zeros (`0` for zero).
+fn push_hex(out: &mut String, value: u32) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = DIGITS[(value % base) as usize];
-        value /= base;
-        if value == 0 {
-            break;
-        }
+    // Significant nibbles: at least one, so that zero prints as `0`.
+    let nibbles = ((32 - value.leading_zeros()).div_ceil(4)).max(1);
+    for shift in (0..nibbles).rev() {
+        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xF) as usize]));
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"));
 }
 
 /// A row change, decoded.
@@ -598,13 +591,19 @@ mod tests {
 
     #[test]
     fn positions_match_the_formatted_text() {
-        for (commit, change, index) in [
+        let fixed = [
             (0u64, 0u64, 0u64),
             (0x16B3748, 0x16B3700, 2),
             (u64::MAX, u64::MAX - 1, u64::MAX),
             (0x1_0000_0000, 0xFFFF_FFFF, 10),
             (0xABCD_EF01_2345_6789, 0x10, 1_000_000),
-        ] {
+        ];
+        // Every digit count in both halves: each power of two and the value before it.
+        let boundaries = (0..64).flat_map(|bit| {
+            let power = 1u64 << bit;
+            [(power, power - 1, power), (power - 1, power, power - 1)]
+        });
+        for (commit, change, index) in fixed.into_iter().chain(boundaries) {
             let tx = TxInfo {
                 commit_lsn: Lsn(commit),
                 xid: 1,
