@@ -8,7 +8,9 @@
 # B1  a backlog (one transaction of --big outbox rows; --small one-row transactions from
 #     4 concurrent writers) drained by pg_recvlogical (pgoutput, same publication) and by
 #     outflow into the blackhole sink, from slots created at the same position
-# B2  the same backlogs drained by outflow into NATS JetStream and the Kafka-protocol broker
+# B2  the same backlogs drained by outflow into NATS JetStream and the Kafka-protocol broker;
+#     NATS twice: `nats` on a stream of the pipeline's own (the default with `stream`: one
+#     ack per batch) and `nats_shared` on a shared stream (every publish acknowledged)
 # B3  outflow's peak resident memory (VmHWM) during the one-transaction drain
 # B4  end-to-end lag (commit time in the envelope to the sink's acknowledgement) at a
 #     fixed rate of one-row transactions
@@ -37,7 +39,8 @@ LAG_RATE=1000
 LAG_SECONDS=10
 LAG_WARMUP=1
 PROFILE=release
-SINKS="blackhole nats kafka"
+KNOWN_SINKS="blackhole nats nats_shared kafka"
+SINKS="$KNOWN_SINKS"
 ONLY="B1 B2 B3 B4 B5"
 # Longest a single stage (one drain, one lag or generate run) may take before it counts as
 # hung and fails the script.
@@ -55,7 +58,7 @@ Options:
   --generate N         events of the generate runs (default $GEN)
   --lag-rate N         transactions per second of the lag runs (default $LAG_RATE)
   --lag-seconds N      seconds of writing per lag run (default $LAG_SECONDS)
-  --sinks "A B"        sinks to measure, of blackhole nats kafka (default "$SINKS")
+  --sinks "A B"        sinks to measure, of $KNOWN_SINKS (default all)
   --only "B1 B4"       benchmarks to run (default "$ONLY"; B1-B3 share their drains)
   --profile P          cargo profile of the harness: release (default) or dev
 EOF
@@ -80,6 +83,12 @@ while [[ $# -gt 0 ]]; do
         *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
+done
+for sink in $SINKS; do
+    if [[ " $KNOWN_SINKS " != *" $sink "* ]]; then
+        echo "bench: unknown sink $sink in --sinks; the sinks are: $KNOWN_SINKS" >&2
+        exit 2
+    fi
 done
 for n in "$RUNS" "$BIG" "$SMALL" "$GEN" "$LAG_RATE" "$LAG_SECONDS"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench: $n is not a positive integer" >&2; exit 2; }
@@ -375,7 +384,7 @@ print(f"{'scenario':<10} {'sink':<15} {'runs':>4}  {'events/s median (min-max)':
 for scenario in ("bigtx", "smalltx", "generate"):
     base = groups.get((scenario, "pg_recvlogical"))
     base_rate = statistics.median(r["events_per_sec"] for r in base) if base else None
-    for sink in ("pg_recvlogical", "blackhole", "nats", "kafka"):
+    for sink in ("pg_recvlogical", "blackhole", "nats", "nats_shared", "kafka"):
         rs = groups.get((scenario, sink))
         if not rs:
             continue
@@ -398,7 +407,8 @@ if cpu_rows:
             return statistics.median(r.get(key, 0.0) / r["events"] * 1e6 for r in rs)
         own = per_event("cpu_seconds") if "cpu_seconds" in rs[0] else 0.0
         pg = per_event("cpu_postgres_s")
-        broker = per_event({"nats": "cpu_nats_s", "kafka": "cpu_tansu_s"}.get(sink, "none"))
+        broker = per_event({"nats": "cpu_nats_s", "nats_shared": "cpu_nats_s",
+                            "kafka": "cpu_tansu_s"}.get(sink, "none"))
         print(f"{scenario:<10} {sink:<15} {own:>8.1f} {pg:>9.1f} {broker:>8.1f} {own + pg + broker:>8.1f}")
 lags = {k: v for k, v in groups.items() if k[0] == "lag"}
 if lags:

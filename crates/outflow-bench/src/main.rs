@@ -520,6 +520,7 @@ impl SinkKind {
         match self {
             SinkKind::Blackhole => "blackhole",
             SinkKind::Nats => "nats",
+            SinkKind::NatsShared => "nats_shared",
             SinkKind::Kafka => "kafka",
         }
     }

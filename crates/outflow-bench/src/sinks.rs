@@ -13,8 +13,13 @@ use outflow_sink_nats::{NatsConfig, NatsSink};
 pub(crate) enum SinkKind {
     /// Counts and drops.
     Blackhole,
-    /// NATS JetStream, publish acks awaited.
+    /// NATS JetStream on a stream of the pipeline's own (`stream` set, so
+    /// `exclusive_stream` by default): one publish ack per batch vouches for the batch.
     Nats,
+    /// NATS JetStream on a stream shared with other writers (`exclusive_stream = false`):
+    /// every publish acknowledged.
+    #[value(name = "nats_shared")]
+    NatsShared,
     /// The Kafka-protocol broker, `acks=all`.
     Kafka,
 }
@@ -100,7 +105,7 @@ impl SinkArgs {
         let name = self.run_name();
         match self.kind {
             SinkKind::Blackhole => Ok((Arc::new(BlackholeSink::new()), Cleanup::None)),
-            SinkKind::Nats => {
+            SinkKind::Nats | SinkKind::NatsShared => {
                 let url = self.nats_url.clone().ok_or_else(|| {
                     Error::fatal("--nats-url (or OUTFLOW_TEST_NATS_URL) is needed for nats")
                 })?;
@@ -108,6 +113,7 @@ impl SinkArgs {
                 let mut config = NatsConfig::new(url.clone());
                 config.subject = template(&format!("bench.{name}.{{aggregate_type}}"))?;
                 config.stream = Some(stream.clone());
+                config.exclusive_stream = Some(self.kind == SinkKind::Nats);
                 let sink = NatsSink::connect(config, "bench").await?;
                 Ok((Arc::new(sink), Cleanup::NatsStream { url, stream }))
             }
