@@ -14,6 +14,7 @@
 //! `warn`). Anything that fails exits non-zero with the error on stderr.
 
 mod meter;
+mod receipt;
 mod sinks;
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// How long the lag run waits for the last events after the writers finished.
 const LAG_TAIL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the lag run's consumer may take to receive the last messages after the
+/// sink acknowledged them.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Concurrent writer connections of the lag run: one connection cannot commit 1,000
 /// transactions a second with `fsync = on` on a slow disk.
 const LAG_WRITERS: u64 = 4;
@@ -436,14 +441,23 @@ async fn writer(
     Ok(written)
 }
 
-async fn lag(args: LagArgs) -> Result<String, Error> {
+async fn lag(mut args: LagArgs) -> Result<String, Error> {
     if args.rate == 0 || args.seconds == 0 {
         return Err(Error::fatal("--rate and --seconds must be at least 1"));
     }
     let total = args.rate * args.seconds;
     let sql = connect_sql(&args.pg.pg_url).await?;
     let source = postgres_source(&args.pg)?;
+    args.sink.pin_name();
     let (sink, cleanup) = args.sink.build("order").await?;
+    // Started after the sink made its stream or topics, before anything is published.
+    let receipts = match args.sink.receipts("order").await {
+        Ok(receipts) => receipts,
+        Err(e) => {
+            cleanup.run().await;
+            return Err(e);
+        }
+    };
     let meter = Meter::new(sink, total, true);
     let runner = {
         let meter = meter.clone();
@@ -483,36 +497,69 @@ async fn lag(args: LagArgs) -> Result<String, Error> {
         runner
             .await
             .map_err(|e| Error::fatal("the pipeline task panicked").with_source(e))??;
+        if let Some(receipts) = &receipts {
+            let expected = usize::try_from(written).unwrap_or(usize::MAX);
+            let received = receipts.wait_for(expected, RECEIPT_TIMEOUT).await;
+            if received < expected {
+                return Err(Error::fatal(format!(
+                    "the consumer received {received} of the {written} messages the sink \
+                     acknowledged within {RECEIPT_TIMEOUT:?} after the last ack"
+                )));
+            }
+        }
         Ok::<_, Error>((written, wrote_for, began_wall))
     }
     .await;
     let peak = peak_rss_bytes();
+    let mut receipts = receipts;
+    if let Some(receipts) = &mut receipts {
+        receipts.stop().await;
+    }
     cleanup.run().await;
     let (written, wrote_for, began_wall) = result?;
     let counted_from = began_wall + (args.warmup_seconds as i64) * 1_000_000;
-    let mut lags = meter.lags_after(counted_from);
+    let lags = meter.lags_after(counted_from);
     if lags.is_empty() {
         return Err(Error::fatal(
             "no event was committed after the warm-up; write for longer",
         ));
     }
-    lags.sort_unstable();
-    let pick = |q: f64| {
-        let i = ((lags.len() as f64 - 1.0) * q).round() as usize;
-        lags[i.min(lags.len() - 1)] as f64 / 1000.0
-    };
-    Ok(json!({
+    let (p50, p99, max) = quantiles(lags.clone());
+    let mut out = json!({
         "bench": "lag",
         "sink": args.sink.kind.as_str(),
         "rate": args.rate,
         "achieved_rate": written as f64 / wrote_for.as_secs_f64(),
         "samples": lags.len(),
-        "p50_ms": pick(0.50),
-        "p99_ms": pick(0.99),
-        "max_ms": pick(1.0),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "max_ms": max,
         "peak_rss_bytes": peak,
-    })
-    .to_string())
+    });
+    if let Some(receipts) = &receipts {
+        let received = receipts.lags_after(counted_from)?;
+        let samples = received.len();
+        let (p50, p99, max) = quantiles(received);
+        out["receipt_samples"] = json!(samples);
+        out["receipt_p50_ms"] = json!(p50);
+        out["receipt_p99_ms"] = json!(p99);
+        out["receipt_max_ms"] = json!(max);
+    }
+    Ok(out.to_string())
+}
+
+/// The median, 99th percentile and maximum of `micros`, in milliseconds (nearest rank);
+/// zeros for no samples.
+fn quantiles(mut micros: Vec<i64>) -> (f64, f64, f64) {
+    if micros.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    micros.sort_unstable();
+    let pick = |q: f64| {
+        let i = ((micros.len() as f64 - 1.0) * q).round() as usize;
+        micros[i.min(micros.len() - 1)] as f64 / 1000.0
+    };
+    (pick(0.50), pick(0.99), pick(1.0))
 }
 
 impl SinkKind {

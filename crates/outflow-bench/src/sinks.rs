@@ -86,6 +86,54 @@ fn template(text: &str) -> Result<Template, Error> {
 }
 
 impl SinkArgs {
+    /// Fixes the run's name, so that [`build`](Self::build) and
+    /// [`receipts`](Self::receipts) use the same stream or topics.
+    pub(crate) fn pin_name(&mut self) {
+        if self.name.is_none() {
+            self.name = Some(self.run_name());
+        }
+    }
+
+    /// A consumer of what the sink delivers (none for blackhole), started before the
+    /// sink publishes. Call [`pin_name`](Self::pin_name) first.
+    pub(crate) async fn receipts(
+        &self,
+        aggregate_types: &str,
+    ) -> Result<Option<crate::receipt::Receipts>, Error> {
+        let name = self.run_name();
+        match self.kind {
+            SinkKind::Blackhole => Ok(None),
+            SinkKind::Nats | SinkKind::NatsShared => {
+                let url = self.nats_url.as_deref().ok_or_else(|| {
+                    Error::fatal("--nats-url (or OUTFLOW_TEST_NATS_URL) is needed for nats")
+                })?;
+                crate::receipt::nats(url, format!("bench.{name}.>"))
+                    .await
+                    .map(Some)
+            }
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka => {
+                let brokers = self.kafka_brokers.as_deref().ok_or_else(|| {
+                    Error::fatal("--kafka-brokers (or OUTFLOW_TEST_KAFKA_BROKERS) is needed")
+                })?;
+                let topics: Vec<String> = aggregate_types
+                    .split(',')
+                    .map(|t| format!("bench.{name}.{t}"))
+                    .collect();
+                crate::receipt::kafka(brokers, &topics, &format!("bench-{name}"))
+                    .await
+                    .map(Some)
+            }
+            #[cfg(not(feature = "kafka"))]
+            SinkKind::Kafka => {
+                let _ = aggregate_types;
+                Err(Error::fatal(
+                    "outflow-bench was built without the kafka feature",
+                ))
+            }
+        }
+    }
+
     fn run_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
             format!(
