@@ -270,10 +270,15 @@ impl PostgresSource {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
+        // One shutdown future for the whole session, polled again on every turn: making
+        // a new one per event cloned the watch receiver and registered and removed a
+        // waiter each time (callgrind, draining: 334 -> 186 instructions per event).
+        let shutdown = ctx.shutdown_requested();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = ctx.shutdown_requested() => {
+                _ = &mut shutdown => {
                     self.finish(ctx, &sql, client, p).await;
                     return Ok(());
                 }
