@@ -13,14 +13,12 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outflow_outbox::{OutboxEvent, OutboxTable};
-use outflow_testkit::{fresh_database, services, unique_name, ChildGuard, TestDb};
+use outflow_testkit::{fresh_database, unique_name, PrivateTansu, TestDb};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -51,115 +49,6 @@ const SLOT_READY: Duration = Duration::from_secs(60);
 
 /// How long a graceful stop (SIGTERM) may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Variables tansu reads as defaults for its flags; a stray one must not change our broker.
-const TANSU_ENV_VARS: [&str; 6] = [
-    "CLUSTER_ID",
-    "LISTENER_URL",
-    "ADVERTISED_LISTENER_URL",
-    "STORAGE_ENGINE",
-    "SCHEMA_REGISTRY",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-];
-
-// ---------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------
-
-/// Send a signal by name with the `kill` program (the workspace denies unsafe code).
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-    assert!(status.success(), "kill -{name} {pid} failed: {status}");
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A tansu broker of the test's own (memory storage), killed when dropped.
-struct Tansu {
-    child: ChildGuard,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Tansu {
-    async fn start() -> Tansu {
-        let bin = services().tansu.clone();
-        assert!(
-            bin.is_file(),
-            "tansu not found at {} (OUTFLOW_TANSU in services.env): run `scripts/services.sh \
-             start`",
-            bin.display()
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("outflow-e2e-tansu-")
-            .tempdir()
-            .expect("temporary folder");
-        let port = outflow_testkit::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("tansu log");
-        let mut cmd = Command::new(&bin);
-        cmd.args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("tansu log"))
-            .stderr(log);
-        for var in TANSU_ENV_VARS {
-            cmd.env_remove(var);
-        }
-        let child = ChildGuard::spawn(&mut cmd)
-            .unwrap_or_else(|e| panic!("cannot start tansu {}: {e}", bin.display()));
-        let tansu = Tansu { child, port, dir };
-        let addr = tansu.brokers();
-        if let Err(e) = outflow_testkit::wait_for_tcp(&addr, Duration::from_secs(30)).await {
-            panic!("tansu does not listen on {addr}: {e}\n{}", tansu.log_tail());
-        }
-        tansu
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log_tail(&self) -> String {
-        tail(&self.dir.path().join("tansu.log"), 30)
-    }
-
-    /// SIGSTOP: connections stay open, nothing is answered.
-    fn freeze(&self) {
-        signal(self.child.id(), "STOP");
-    }
-
-    /// SIGCONT.
-    fn thaw(&self) {
-        signal(self.child.id(), "CONT");
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- tansu log (last 30 lines) ----\n{}\n---- end of tansu log ----",
-                self.log_tail()
-            );
-        }
-        // A frozen broker is thawed first so that the guard's SIGKILL and wait are prompt.
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.child.id().to_string())
-            .status();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Kafka
@@ -582,12 +471,12 @@ async fn confirmed_lsn(client: &tokio_postgres::Client, slot: &str) -> u64 {
 /// A test's broker and database.
 struct Setup {
     db: TestDb,
-    broker: Tansu,
+    broker: PrivateTansu,
 }
 
 impl Setup {
     async fn new(prefix: &str) -> Setup {
-        let broker = Tansu::start().await;
+        let broker = PrivateTansu::start().await;
         let db = fresh_database(prefix).await;
         outbox_table(&db).await;
         Setup { db, broker }

@@ -15,6 +15,8 @@
 //!   replication slots when the [`TestDb`] is dropped;
 //! - [`PrivatePostgres`] and [`PrivateNats`]: throwaway servers of a test's own, which a fault
 //!   test may stop, crash and start again on the same port with the same data;
+//! - [`PrivateTansu`]: a Kafka-protocol broker of a test's own, which a fault test may
+//!   freeze and thaw;
 //! - [`unique_name()`] for slots, publications, databases, streams and topics;
 //! - [`free_port()`], [`wait_for_tcp()`] and [`ChildGuard`] for tests that run binaries;
 //! - [`CutProxy`]: a TCP proxy whose connections a test cuts mid-stream, losing what was in
@@ -37,6 +39,7 @@ mod postgres;
 mod process;
 mod proxy;
 mod services;
+mod tansu;
 
 pub use names::{unique_name, MAX_NAME_LEN};
 pub use nats::{subscribe_ready, PrivateNats};
@@ -48,3 +51,4 @@ pub use services::{
     dynamodb_endpoint, kafka_brokers, nats_url, pg_url, services, services_env_path, Service,
     Services, ServicesError,
 };
+pub use tansu::PrivateTansu;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use outflow_testkit::{
     connect, free_port, fresh_database, services, unique_name, wait_for_tcp, wait_for_tcp_blocking,
-    ChildGuard, PrivateNats, PrivatePostgres, Service, Services, ServicesError, MAX_NAME_LEN,
+    ChildGuard, PrivateNats, PrivatePostgres, PrivateTansu, Service, Services, ServicesError,
+    MAX_NAME_LEN,
 };
 
 fn assert_valid_name(name: &str) {
@@ -463,6 +464,59 @@ async fn private_nats_applies_max_payload() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("max payload"), "{err}");
+}
+
+/// The one-letter state of a process (`S` sleeping, `R` running, `T` stopped), from
+/// `/proc/PID/stat`.
+fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    after_name.trim_start().chars().next().unwrap()
+}
+
+#[tokio::test]
+async fn private_tansu_listens_freezes_thaws_and_dies_with_its_guard() {
+    let tansu = PrivateTansu::start().await;
+    let brokers = tansu.brokers();
+    assert!(brokers.starts_with("127.0.0.1:"), "{brokers}");
+    wait_for_tcp(&brokers, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let pid = tansu.pid();
+    assert!(tansu.log_path().is_file());
+
+    tansu.freeze();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while process_state(pid) != 'T' {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tansu {pid} did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tansu.thaw();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while process_state(pid) == 'T' {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tansu {pid} was not thawed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A frozen broker is thawed and killed on drop, and its port closes.
+    tansu.freeze();
+    drop(tansu);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "tansu {pid} survived its guard"
+    );
+    assert!(
+        wait_for_tcp(&brokers, Duration::from_millis(300))
+            .await
+            .is_err(),
+        "{brokers} still accepts connections"
+    );
 }
 
 #[tokio::test]

@@ -6,9 +6,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{by_key, create_topics, event, read_topic, Tansu};
+use common::{by_key, create_topics, event, read_topic};
 use outflow_core::{Envelope, ErrorKind, EventSink, Format, Template};
 use outflow_sink_kafka::{check, KafkaConfig, KafkaSink};
+use outflow_testkit::PrivateTansu;
 
 fn config(brokers: &str) -> KafkaConfig {
     let mut config = KafkaConfig::new(brokers);
@@ -51,7 +52,7 @@ fn seq_of(body: &[u8], format: Format) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_arrives_with_key_headers_and_payload_in_per_key_order() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     let formats = [
         Format::Envelope,
@@ -154,7 +155,7 @@ async fn every_event_arrives_with_key_headers_and_payload_in_per_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_local_queue_is_waited_out_without_loss_or_reordering() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outbox.event.queue", 2)]).await;
     let mut config = config(&brokers);
@@ -178,7 +179,7 @@ async fn a_full_local_queue_is_waited_out_without_loss_or_reordering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_too_large_is_rejected_by_index_and_the_rest_delivered() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outbox.event.big", 1)]).await;
     let mut config = config(&brokers);
@@ -214,7 +215,7 @@ async fn a_message_too_large_is_rejected_by_index_and_the_rest_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_topic_name_is_a_per_event_rejection_naming_the_topic() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outbox.event.good", 1)]).await;
     let sink = KafkaSink::connect(config(&brokers), "orders")
@@ -240,7 +241,7 @@ async fn an_invalid_topic_name_is_a_per_event_rejection_naming_the_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_topic_is_fatal_unless_auto_creation_is_enabled() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     let sink = KafkaSink::connect(config(&brokers), "orders")
         .await
@@ -290,7 +291,7 @@ async fn an_unknown_topic_is_fatal_unless_auto_creation_is_enabled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_broker_holds_the_ack_until_it_is_back() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outbox.event.pause", 2)]).await;
     let mut config = config(&brokers);
@@ -299,7 +300,7 @@ async fn a_stopped_broker_holds_the_ack_until_it_is_back() {
     let first = interleaved("pause", 4, 5);
     send_all(&sink, &first, 10).await;
 
-    broker.pause();
+    broker.freeze();
     let second: Vec<Envelope> = (5..10)
         .flat_map(|seq| (0..4).map(move |k| (k, seq)))
         .map(|(k, seq)| event(&format!("pause-a{k}-{seq}"), "pause", &format!("a{k}"), seq))
@@ -313,7 +314,7 @@ async fn a_stopped_broker_holds_the_ack_until_it_is_back() {
         early.is_err(),
         "no ack while the broker is stopped: {early:?}"
     );
-    broker.resume();
+    broker.thaw();
     let outcome = tokio::time::timeout(Duration::from_secs(50), pending)
         .await
         .expect("ack after the broker is back")
@@ -338,7 +339,7 @@ async fn a_stopped_broker_holds_the_ack_until_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_past_the_timeout_is_transient_and_the_retry_delivers() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outbox.event.down", 1)]).await;
     let mut config = config(&brokers);
@@ -346,7 +347,7 @@ async fn a_broker_down_past_the_timeout_is_transient_and_the_retry_delivers() {
     let sink = KafkaSink::connect(config, "orders").await.expect("connect");
     send_all(&sink, &[event("down-0", "down", "a", 0)], 1).await;
 
-    broker.pause();
+    broker.freeze();
     let batch: Arc<[Envelope]> = Arc::from(vec![
         event("down-1", "down", "a", 1),
         event("down-2", "down", "a", 2),
@@ -357,7 +358,7 @@ async fn a_broker_down_past_the_timeout_is_transient_and_the_retry_delivers() {
         .expect("the delivery timeout must end the wait");
     let err = result.expect_err("a batch that timed out is not acknowledged");
     assert_eq!(err.kind(), ErrorKind::Transient, "{}", err.chain());
-    broker.resume();
+    broker.thaw();
 
     // The pipeline sends the same batch again.
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
@@ -387,7 +388,7 @@ async fn a_broker_down_past_the_timeout_is_transient_and_the_retry_delivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_writes_the_envelope_with_id_and_error_headers() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outflow.dlq", 1)]).await;
     let sink = KafkaSink::connect(config(&brokers), "orders")
@@ -422,7 +423,7 @@ async fn dead_letter_writes_the_envelope_with_id_and_error_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_mode_commits_each_batch_in_order() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("outbox.event.txn", 2), ("outflow.txn.dlq", 1)]).await;
     let mut config = config(&brokers);
@@ -467,7 +468,7 @@ async fn transactional_mode_commits_each_batch_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_brokers_and_topics() {
-    let broker = Tansu::start();
+    let broker = PrivateTansu::start().await;
     let brokers = broker.brokers();
     create_topics(&brokers, &[("fixed.topic", 3)]).await;
 
