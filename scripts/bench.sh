@@ -46,6 +46,8 @@ ONLY="B1 B2 B3 B4 B5"
 # Longest a single stage (one drain, one lag or generate run) may take before it counts as
 # hung and fails the script.
 STAGE_TIMEOUT=1800
+# The harness's runtime threads; empty: its default, the outflow binary's for one pipeline.
+WORKER_THREADS=""
 
 usage() {
     sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -62,6 +64,8 @@ Options:
   --sinks "A B"        sinks to measure, of $KNOWN_SINKS (default all)
   --only "B1 B4"       benchmarks to run (default "$ONLY"; B1-B3 share their drains)
   --profile P          cargo profile of the harness: release (default) or dev
+  --worker-threads N   runtime threads of the pipeline (default: as the outflow binary,
+                       one per pipeline)
 EOF
 }
 
@@ -80,6 +84,7 @@ while [[ $# -gt 0 ]]; do
         --sinks) SINKS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
         --profile) PROFILE="$2"; shift ;;
+        --worker-threads) WORKER_THREADS="$2"; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -91,7 +96,7 @@ for sink in $SINKS; do
         exit 2
     fi
 done
-for n in "$RUNS" "$BIG" "$SMALL" "$GEN" "$LAG_RATE" "$LAG_SECONDS"; do
+for n in "$RUNS" "$BIG" "$SMALL" "$GEN" "$LAG_RATE" "$LAG_SECONDS" ${WORKER_THREADS:+"$WORKER_THREADS"}; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench: $n is not a positive integer" >&2; exit 2; }
 done
 if ((SMALL % 4)); then
@@ -295,7 +300,7 @@ recvlogical() {
 outflow_drain() {
     local out cpu0 cpu1
     cpu0="$(cpu_mark)"
-    out="$(timeout "$STAGE_TIMEOUT" "$BENCH" drain --pg-url "$DB_URL" --slot "$2" --publication "$PUB" \
+    out="$(timeout "$STAGE_TIMEOUT" "$BENCH" ${WORKER_THREADS:+--worker-threads "$WORKER_THREADS"} drain --pg-url "$DB_URL" --slot "$2" --publication "$PUB" \
         --expect "$3" --sink "$4")" || die "outflow drain to $4 failed on slot $2"
     sleep 0.3 # the walsender is reaped
     cpu1="$(cpu_mark)"
@@ -344,7 +349,7 @@ if wants B4; then
             slot="lag_${sink}_$run"
             create_slot "$slot"
             log "lag: $sink, run $run/$RUNS, $LAG_RATE tx/s for ${LAG_SECONDS}s"
-            out="$(timeout "$STAGE_TIMEOUT" "$BENCH" lag --pg-url "$DB_URL" --slot "$slot" --publication "$PUB" \
+            out="$(timeout "$STAGE_TIMEOUT" "$BENCH" ${WORKER_THREADS:+--worker-threads "$WORKER_THREADS"} lag --pg-url "$DB_URL" --slot "$slot" --publication "$PUB" \
                 --rate "$LAG_RATE" --seconds "$LAG_SECONDS" --warmup-seconds "$LAG_WARMUP" \
                 --sink "$sink")" || die "lag run to $sink failed"
             record lag "$out"
@@ -357,7 +362,7 @@ if wants B5; then
     for ((run = 1; run <= RUNS; run++)); do
         for sink in $SINKS; do
             log "generate: $sink, run $run/$RUNS, $GEN events"
-            out="$(timeout "$STAGE_TIMEOUT" "$BENCH" generate --count "$GEN" --sink "$sink")" \
+            out="$(timeout "$STAGE_TIMEOUT" "$BENCH" ${WORKER_THREADS:+--worker-threads "$WORKER_THREADS"} generate --count "$GEN" --sink "$sink")" \
                 || die "generate run to $sink failed"
             record generate "$out"
         done

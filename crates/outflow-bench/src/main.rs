@@ -56,6 +56,11 @@ const LAG_WRITERS: u64 = 4;
     about = "outflow benchmark harness (see scripts/bench.sh)"
 )]
 struct Cli {
+    /// Worker threads of the runtime the pipeline runs on; default as the outflow binary
+    /// gives one pipeline. The lag run's writers and consumer run on a runtime of their
+    /// own, so they take no turns on the pipeline's threads.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,11 +150,23 @@ fn main() -> std::process::ExitCode {
         eprintln!("outflow-bench: a metrics recorder was already installed");
         return std::process::ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let threads = cli
+        .worker_threads
+        .map_or_else(|| outflow_pipeline::default_worker_threads(1), usize::from);
+    let runtimes = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
+        .and_then(|runtime| {
+            let helpers = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("bench-helpers")
+                .enable_all()
+                .build()?;
+            Ok((runtime, helpers))
+        });
+    let (runtime, helpers) = match runtimes {
+        Ok(runtimes) => runtimes,
         Err(e) => {
             eprintln!("outflow-bench: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
@@ -167,9 +184,10 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Drain(args) => drain(args).await,
             Command::Generate(args) => generate(args).await,
-            Command::Lag(args) => lag(args).await,
+            Command::Lag(args) => lag(args, helpers.handle().clone()).await,
         }
     });
+    helpers.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(line) => {
             println!("{line}");
@@ -441,7 +459,11 @@ async fn writer(
     Ok(written)
 }
 
-async fn lag(mut args: LagArgs) -> Result<String, Error> {
+/// Writes one-row transactions at `--rate` and measures each event's lag to the sink's
+/// ack and to a consumer's receipt. The writers and the consumer run on `helpers`, a
+/// runtime of their own, so the pipeline's threads are the pipeline's alone, as in the
+/// outflow binary.
+async fn lag(mut args: LagArgs, helpers: tokio::runtime::Handle) -> Result<String, Error> {
     if args.rate == 0 || args.seconds == 0 {
         return Err(Error::fatal("--rate and --seconds must be at least 1"));
     }
@@ -451,7 +473,14 @@ async fn lag(mut args: LagArgs) -> Result<String, Error> {
     args.sink.pin_name();
     let (sink, cleanup) = args.sink.build("order").await?;
     // Started after the sink made its stream or topics, before anything is published.
-    let receipts = match args.sink.receipts("order").await {
+    let receipts = {
+        let sink = args.sink.clone();
+        helpers
+            .spawn(async move { sink.receipts("order").await })
+            .await
+            .unwrap_or_else(|e| Err(Error::fatal("the consumer's start panicked").with_source(e)))
+    };
+    let receipts = match receipts {
         Ok(receipts) => receipts,
         Err(e) => {
             cleanup.run().await;
@@ -476,7 +505,7 @@ async fn lag(mut args: LagArgs) -> Result<String, Error> {
         let began_wall = Timestamp::now().unix_micros() + 100_000;
         let writers: Vec<_> = (0..LAG_WRITERS)
             .map(|i| {
-                tokio::spawn(writer(
+                helpers.spawn(writer(
                     args.pg.pg_url.clone(),
                     args.pg.table.clone(),
                     i,

@@ -25,7 +25,7 @@ pub(crate) enum SinkKind {
 }
 
 /// Sink options shared by the subcommands.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct SinkArgs {
     /// The sink.
     #[arg(long = "sink", value_enum, default_value = "blackhole")]

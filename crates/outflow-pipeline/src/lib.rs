@@ -17,6 +17,7 @@ pub mod settings;
 pub mod sinks;
 mod store;
 mod supervisor;
+mod threads;
 
 pub use generate::{GenerateConfig, GenerateSource};
 pub use runner::{Pipeline, RunReport};
@@ -25,3 +26,4 @@ pub use settings::{
 };
 pub use store::{CheckpointStore, FileStore, PostgresStore, POSTGRES_STORE_TABLE};
 pub use supervisor::{run_pipelines, stop_on_signals};
+pub use threads::default_worker_threads;

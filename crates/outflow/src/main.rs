@@ -45,6 +45,15 @@ struct Cli {
     /// Log filter, e.g. `info` or `outflow=debug,info` (also read from RUST_LOG).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     log_level: String,
+    /// Threads that run the pipelines (also read from OUTFLOW_WORKER_THREADS); default one
+    /// per pipeline, at most one per CPU.
+    #[arg(
+        long,
+        global = true,
+        env = "OUTFLOW_WORKER_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,7 +158,24 @@ fn main() -> ExitCode {
     outflow_pipeline::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    // `run` reads its file before the runtime exists: the threads follow the pipelines.
+    let loaded = match &cli.command {
+        Command::Run { file } => match config::load(file) {
+            Ok(config) => Some(config),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        _ => None,
+    };
+    let pipelines = loaded.as_ref().map_or(1, |config| config.pipelines.len());
+    let threads = cli.worker_threads.map_or_else(
+        || outflow_pipeline::default_worker_threads(pipelines),
+        usize::from,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
@@ -159,7 +185,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let code = runtime.block_on(dispatch(cli.command));
+    tracing::debug!(worker_threads = threads, "runtime started");
+    let code = runtime.block_on(dispatch(cli.command, loaded));
     // Blocking work can outlive the pipelines (a Kafka flush abandoned at the shutdown
     // timeout); dropping the runtime would wait for it.
     runtime.shutdown_timeout(RUNTIME_EXIT_GRACE);
@@ -190,7 +217,8 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-async fn dispatch(command: Command) -> ExitCode {
+/// Runs a command; `loaded` is the configuration of a `run`, read before the runtime.
+async fn dispatch(command: Command, loaded: Option<config::Config>) -> ExitCode {
     match command {
         Command::Validate { file } => match config::load(&file) {
             Ok(config) => {
@@ -214,12 +242,15 @@ async fn dispatch(command: Command) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
-        Command::Run { file } => match config::load(&file) {
-            Ok(config) => run(config).await,
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::from(EXIT_USAGE)
-            }
+        Command::Run { file } => match loaded {
+            Some(config) => run(config).await,
+            None => match config::load(&file) {
+                Ok(config) => run(config).await,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            },
         },
         Command::Generate {
             count,

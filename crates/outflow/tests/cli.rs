@@ -124,6 +124,79 @@ fn bad_flags_exit_2_with_a_message() {
         .contains("unknown format \"avro\""));
 }
 
+/// The `worker_threads` field of the runtime's debug line in `stderr`.
+fn worker_threads_logged(stderr: &str) -> Option<usize> {
+    let line = stderr.lines().find(|l| l.contains("runtime started"))?;
+    let value = line.split("worker_threads=").nth(1)?;
+    value.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn the_runtime_gets_one_thread_per_pipeline_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("three.toml");
+    let mut text = format!(
+        "[state]\ndir = \"{}\"\n",
+        dir.path().join("state").display()
+    );
+    for name in ["a", "b", "c"] {
+        text.push_str(&format!(
+            "\n[pipelines.{name}.source]\ntype = \"generate\"\ncount = 20\n\
+             [pipelines.{name}.sink]\ntype = \"blackhole\"\n"
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let run = |extra: &[&str]| {
+        let out = outflow()
+            .args(["--log-level", "outflow=debug,warn"])
+            .args(extra)
+            .arg("run")
+            .arg(&config)
+            .env_remove("OUTFLOW_WORKER_THREADS")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        worker_threads_logged(&stderr).unwrap_or_else(|| panic!("no runtime line in {stderr}"))
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(run(&[]), 3.min(cpus));
+    assert_eq!(run(&["--worker-threads", "5"]), 5);
+
+    let out = outflow()
+        .args(["generate", "--count", "5", "--to", "blackhole"])
+        .args(["--log-level", "outflow=debug,warn"])
+        .env("OUTFLOW_WORKER_THREADS", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(worker_threads_logged(&stderr), Some(2), "{stderr}");
+
+    let out = outflow()
+        .args(["--worker-threads", "0", "run"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value '0' for '--worker-threads <WORKER_THREADS>'"),
+        "{stderr}"
+    );
+
+    // A `run` whose file is bad stops before any runtime, with the located errors.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[pipelines.x.source]\ntype = \"nope\"\n").unwrap();
+    let out = outflow().arg("run").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{}:2:", bad.display())),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn run_delivers_exact_ids_and_resumes_after_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
