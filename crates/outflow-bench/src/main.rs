@@ -150,9 +150,13 @@ fn main() -> std::process::ExitCode {
         eprintln!("outflow-bench: a metrics recorder was already installed");
         return std::process::ExitCode::FAILURE;
     }
-    let threads = cli
-        .worker_threads
-        .map_or_else(|| outflow_pipeline::default_worker_threads(1), usize::from);
+    let threads = match outflow_pipeline::worker_threads(cli.worker_threads, 1) {
+        Ok(threads) => threads,
+        Err(e) => {
+            eprintln!("outflow-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtimes = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

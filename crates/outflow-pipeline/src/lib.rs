@@ -26,4 +26,4 @@ pub use settings::{
 };
 pub use store::{CheckpointStore, FileStore, PostgresStore, POSTGRES_STORE_TABLE};
 pub use supervisor::{run_pipelines, stop_on_signals};
-pub use threads::default_worker_threads;
+pub use threads::{default_worker_threads, worker_threads};

@@ -17,6 +17,26 @@ pub fn default_worker_threads(pipelines: usize) -> usize {
     pipelines.clamp(1, cpus.max(1))
 }
 
+/// The worker threads for `pipelines` pipelines: `chosen` (the `--worker-threads` flag or
+/// `OUTFLOW_WORKER_THREADS`) when given, else Tokio's own `TOKIO_WORKER_THREADS` when set,
+/// else [`default_worker_threads`]. An error says what to fix when `TOKIO_WORKER_THREADS`
+/// is not a positive integer.
+pub fn worker_threads(chosen: Option<u16>, pipelines: usize) -> Result<usize, String> {
+    if let Some(n) = chosen {
+        return Ok(usize::from(n).max(1));
+    }
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS={text:?} is not a positive integer: set a number of \
+                 threads, or unset it for one per pipeline"
+            )),
+        },
+        Err(_) => Ok(default_worker_threads(pipelines)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +51,10 @@ mod tests {
         if cpus >= 2 {
             assert_eq!(default_worker_threads(2), 2);
         }
+    }
+
+    #[test]
+    fn a_chosen_number_wins() {
+        assert_eq!(worker_threads(Some(7), 1), Ok(7));
     }
 }

@@ -45,8 +45,8 @@ struct Cli {
     /// Log filter, e.g. `info` or `outflow=debug,info` (also read from RUST_LOG).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     log_level: String,
-    /// Threads that run the pipelines (also read from OUTFLOW_WORKER_THREADS); default one
-    /// per pipeline, at most one per CPU.
+    /// Threads that run the pipelines (also read from OUTFLOW_WORKER_THREADS, then
+    /// TOKIO_WORKER_THREADS); default one per pipeline, at most one per CPU.
     #[arg(
         long,
         global = true,
@@ -170,10 +170,13 @@ fn main() -> ExitCode {
         _ => None,
     };
     let pipelines = loaded.as_ref().map_or(1, |config| config.pipelines.len());
-    let threads = cli.worker_threads.map_or_else(
-        || outflow_pipeline::default_worker_threads(pipelines),
-        usize::from,
-    );
+    let threads = match outflow_pipeline::worker_threads(cli.worker_threads, pipelines) {
+        Ok(threads) => threads,
+        Err(e) => {
+            eprintln!("outflow: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

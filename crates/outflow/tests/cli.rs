@@ -153,6 +153,7 @@ fn the_runtime_gets_one_thread_per_pipeline_unless_told() {
             .arg("run")
             .arg(&config)
             .env_remove("OUTFLOW_WORKER_THREADS")
+            .env_remove("TOKIO_WORKER_THREADS")
             .output()
             .unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();
@@ -172,6 +173,29 @@ fn the_runtime_gets_one_thread_per_pipeline_unless_told() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(worker_threads_logged(&stderr), Some(2), "{stderr}");
+
+    // Tokio's own variable is honoured when outflow's is not set, and checked.
+    let out = outflow()
+        .args(["generate", "--count", "5", "--to", "blackhole"])
+        .args(["--log-level", "outflow=debug,warn"])
+        .env_remove("OUTFLOW_WORKER_THREADS")
+        .env("TOKIO_WORKER_THREADS", "3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(worker_threads_logged(&stderr), Some(3), "{stderr}");
+    let out = outflow()
+        .args(["generate", "--count", "5", "--to", "blackhole"])
+        .env_remove("OUTFLOW_WORKER_THREADS")
+        .env("TOKIO_WORKER_THREADS", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap().trim_end(),
+        "outflow: TOKIO_WORKER_THREADS=\"many\" is not a positive integer: set a number of \
+         threads, or unset it for one per pipeline"
+    );
 
     let out = outflow()
         .args(["--worker-threads", "0", "run"])
