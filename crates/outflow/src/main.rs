@@ -247,13 +247,7 @@ async fn dispatch(command: Command, loaded: Option<config::Config>) -> ExitCode 
         },
         Command::Run { file } => match loaded {
             Some(config) => run(config).await,
-            None => match config::load(&file) {
-                Ok(config) => run(config).await,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            },
+            None => unreachable!("main reads {} before the runtime starts", file.display()),
         },
         Command::Generate {
             count,

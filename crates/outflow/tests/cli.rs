@@ -165,7 +165,15 @@ fn the_runtime_gets_one_thread_per_pipeline_unless_told() {
     assert_eq!(run(&["--worker-threads", "5"]), 5);
 
     let out = outflow()
-        .args(["generate", "--count", "5", "--to", "blackhole"])
+        .args([
+            "generate",
+            "--count",
+            "5",
+            "--to",
+            "blackhole",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
         .args(["--log-level", "outflow=debug,warn"])
         .env("OUTFLOW_WORKER_THREADS", "2")
         .output()
@@ -176,7 +184,15 @@ fn the_runtime_gets_one_thread_per_pipeline_unless_told() {
 
     // Tokio's own variable is honoured when outflow's is not set, and checked.
     let out = outflow()
-        .args(["generate", "--count", "5", "--to", "blackhole"])
+        .args([
+            "generate",
+            "--count",
+            "5",
+            "--to",
+            "blackhole",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
         .args(["--log-level", "outflow=debug,warn"])
         .env_remove("OUTFLOW_WORKER_THREADS")
         .env("TOKIO_WORKER_THREADS", "3")
@@ -185,7 +201,15 @@ fn the_runtime_gets_one_thread_per_pipeline_unless_told() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(worker_threads_logged(&stderr), Some(3), "{stderr}");
     let out = outflow()
-        .args(["generate", "--count", "5", "--to", "blackhole"])
+        .args([
+            "generate",
+            "--count",
+            "5",
+            "--to",
+            "blackhole",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
         .env_remove("OUTFLOW_WORKER_THREADS")
         .env("TOKIO_WORKER_THREADS", "many")
         .output()
